@@ -1,0 +1,130 @@
+"""Evaluation after each experience: one row of the accuracy matrices.
+
+Two views:
+
+* task-agnostic: the strategy predicts without task ids; in class_il the argmax is taken
+  among the classes seen so far (all classes before any training), in domain_il and task_il
+  among all classes;
+* task-aware (when the stream has task ids): the strategy gets the task ids and logits are
+  masked to the classes of the sample's task.
+
+The stream's scenario picks the primary matrix: task-aware for task_il, task-agnostic otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from cl.strategy import Strategy
+from cl.streams.base import Experience, Stream, TensorData
+
+
+def _batches(data: object, bs: int, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]]:
+    if isinstance(data, TensorData):
+        return [
+            (data.x[s : s + bs], data.y[s : s + bs], data.t[s : s + bs])
+            for s in range(0, len(data), bs)
+        ]
+    loader = torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False)  # type: ignore[arg-type]
+    return [(x.to(device), y.to(device), t.to(device)) for x, y, t in loader]
+
+
+def _class_mask(n_classes: int, classes: Sequence[int], device: torch.device) -> Tensor:
+    mask = torch.zeros(n_classes, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(list(classes), dtype=torch.long, device=device)] = True
+    return mask
+
+
+@torch.inference_mode()
+def accuracy(
+    strategy: Strategy,  # type: ignore[type-arg]
+    exp: Experience,
+    *,
+    n_classes: int,
+    batch_size: int,
+    task_aware: bool,
+    allowed_classes: Sequence[int] | None,
+) -> float:
+    """Accuracy of ``strategy`` on ``exp.test``.
+
+    Args:
+        task_aware: Give task ids to the strategy and mask logits to the task's classes.
+        allowed_classes: Task-agnostic only: restrict the argmax to these classes (None: all).
+    """
+    device = strategy.device
+    correct = total = 0
+    if task_aware:
+        mask = _class_mask(n_classes, exp.classes, device)
+    elif allowed_classes is not None:
+        mask = _class_mask(n_classes, allowed_classes, device)
+    else:
+        mask = None
+    correct_t = torch.zeros((), dtype=torch.long, device=device)
+    for x, y, t in _batches(exp.test, batch_size, device):
+        with strategy.autocast():
+            logits = strategy.predict(x, t if task_aware else None)
+        logits = logits.float()
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        correct_t += (logits.argmax(dim=1) == y).sum()
+        total += len(y)
+    correct = int(correct_t)
+    return correct / max(total, 1)
+
+
+def evaluate_row(
+    strategy: Strategy,  # type: ignore[type-arg]
+    stream: Stream,
+    *,
+    trained_upto: int,
+    batch_size: int,
+) -> tuple[list[float] | None, list[float] | None]:
+    """Accuracy on every experience after training on experience ``trained_upto`` (-1: untrained).
+
+    Returns:
+        (task-agnostic row or None, task-aware row or None). The task-agnostic row is None when
+        the strategy needs task ids at test time; the task-aware one when the stream has none.
+    """
+    strategy.model.eval()
+    seen: list[int] | None = None
+    if stream.scenario == "class_il" and trained_upto >= 0:
+        seen = sorted({c for e in stream.experiences[: trained_upto + 1] for c in e.classes})
+    agnostic = None
+    if not strategy.needs_task_id_at_test:
+        agnostic = [
+            accuracy(
+                strategy,
+                e,
+                n_classes=stream.n_classes,
+                batch_size=batch_size,
+                task_aware=False,
+                allowed_classes=seen,
+            )
+            for e in stream.experiences
+        ]
+    aware = None
+    if stream.has_task_ids:
+        aware = [
+            accuracy(
+                strategy,
+                e,
+                n_classes=stream.n_classes,
+                batch_size=batch_size,
+                task_aware=True,
+                allowed_classes=None,
+            )
+            for e in stream.experiences
+        ]
+    return agnostic, aware
+
+
+def primary(scenario: str, agnostic: list[float] | None, aware: list[float] | None) -> list[float]:
+    """The row of the scenario's primary matrix."""
+    if scenario == "task_il" or agnostic is None:
+        if aware is None:
+            raise ValueError("no task-aware row for a task_il stream")
+        return aware
+    return agnostic

@@ -1,0 +1,108 @@
+"""The run record every sink reads, and the sink interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from cl import metrics as M
+from cl.budget import Budget
+
+
+@dataclass
+class RunRecord:
+    """Everything a run has measured so far; ``results.json`` is its serialisation."""
+
+    name: str
+    seed: int
+    device: str
+    started: str
+    config: dict[str, Any]
+    stream: dict[str, Any]
+    scenario: str
+    versions: dict[str, str]
+    acc_matrix: list[list[float]] = field(default_factory=list)
+    acc_matrix_task_aware: list[list[float]] | None = None
+    acc_matrix_task_agnostic: list[list[float]] | None = None
+    baseline: list[float] = field(default_factory=list)
+    baseline_task_aware: list[float] | None = None
+    budget: Budget = field(default_factory=Budget)
+    per_experience: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "partial"
+    finished: str | None = None
+    error: str | None = None
+    wandb_id: str | None = None
+
+    @property
+    def n_done(self) -> int:
+        return len(self.acc_matrix)
+
+    def metrics(self) -> dict[str, float | None]:
+        if not self.acc_matrix:
+            return dict.fromkeys(("avg_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt"))
+        return dict(M.all_metrics(self.acc_matrix, self.baseline))
+
+    def metrics_task_aware(self) -> dict[str, float | None] | None:
+        if not self.acc_matrix_task_aware or self.baseline_task_aware is None:
+            return None
+        return dict(M.all_metrics(self.acc_matrix_task_aware, self.baseline_task_aware))
+
+    def to_results(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "run": {
+                "name": self.name,
+                "seed": self.seed,
+                "started": self.started,
+                "finished": self.finished,
+                "device": self.device,
+                "versions": self.versions,
+                "status": self.status,
+                "error": self.error,
+                "wandb_id": self.wandb_id,
+            },
+            "config": self.config,
+            "stream": self.stream,
+            "acc_matrix": self.acc_matrix,
+            "acc_matrix_task_aware": self.acc_matrix_task_aware,
+            "acc_matrix_task_agnostic": self.acc_matrix_task_agnostic,
+            "baseline_acc": self.baseline,
+            "baseline_acc_task_aware": self.baseline_task_aware,
+            "metrics": self.metrics(),
+            "metrics_task_aware": self.metrics_task_aware(),
+            "budget": self.budget.to_dict(),
+            "per_experience": self.per_experience,
+        }
+
+    def state(self) -> dict[str, Any]:
+        """For checkpoints: everything needed to rebuild the record."""
+        d = dict(self.__dict__)
+        d["budget"] = dict(self.budget.__dict__)
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> RunRecord:
+        d = dict(d)
+        d["budget"] = Budget(**d["budget"])
+        return cls(**d)
+
+
+class Sink:
+    """Receives the run's events; every method is optional."""
+
+    def start(self, record: RunRecord, *, resumed: bool) -> None:
+        """The run (re)starts; ``record`` holds what earlier attempts finished."""
+
+    def start_experience(self, index: int, n_steps: int) -> None:
+        """Training on experience ``index`` begins (``n_steps`` minibatches expected)."""
+
+    def step(self, step: int, batch_size: int, loss: Tensor) -> None:
+        """One optimiser step."""
+
+    def end_experience(self, record: RunRecord) -> None:
+        """Experience done, its row evaluated; ``record.per_experience[-1]`` describes it."""
+
+    def finish(self, record: RunRecord) -> None:
+        """The run ends (``record.status`` is complete or partial)."""

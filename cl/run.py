@@ -1,0 +1,259 @@
+"""The ``cl-run`` entry point: compose -> build -> train/evaluate loop -> sinks -> checkpoint."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import signal
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cl.budget import count_parameters, timer
+from cl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cl.config import build, default_run_name, load_run_config, now_iso, register_configs
+from cl.errors import CLError, NonFiniteLossError
+from cl.evaluate import evaluate_row, primary
+from cl.logging.base import RunRecord, Sink
+from cl.logging.console import ConsoleSink
+from cl.logging.files import FileSink
+
+# The Hydra config groups live at the repository root (editable install).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# Testing hook: SIGKILL the process right after experience N (0-based) is checkpointed.
+KILL_AFTER_ENV = "CL_KILL_AFTER_EXPERIENCE"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("cl-platform", "torch", "torchvision", "avalanche-lib", "hydra-core", "wandb"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def experience_seed(seed: int, index: int) -> int:
+    """Seed of experience ``index``: training randomness does not depend on earlier RNG use."""
+    return (seed * 7919 + index * 104_729 + 1) % 2**31
+
+
+def make_sinks(cfg: DictConfig, run_dir: Path, record: RunRecord) -> list[Sink]:
+    sinks: list[Sink] = [FileSink(run_dir)]
+    if cfg.logger.console:
+        sinks.append(ConsoleSink())
+    wb = cfg.logger.wandb
+    if wb.enabled:
+        from cl.logging.wandb_sink import WandbSink
+
+        sinks.append(
+            WandbSink(
+                run_dir=run_dir,
+                project=wb.project,
+                entity=wb.entity,
+                group=wb.group,
+                tags=list(wb.tags),
+                mode=wb.mode,
+                log_every_n_steps=wb.log_every_n_steps,
+            )
+        )
+    return sinks
+
+
+class _Fanout:
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> None:
+            for s in self.sinks:
+                getattr(s, name)(*args, **kwargs)
+
+        return call
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> RunRecord:
+    """Run (or resume) one experiment in ``run_dir`` and return its record."""
+    checkpoint: dict[str, Any] | None = None
+    if cfg.get("resume"):
+        run_dir = Path(str(cfg.resume))
+        cfg = load_run_config(run_dir)
+        checkpoint = load_checkpoint(run_dir / "checkpoints")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    seed = int(cfg.seed)
+    seed_all(seed)
+    built = build(cfg)
+    stream, strategy = built.stream, built.strategy
+    n_exp = len(stream)
+
+    if checkpoint is not None:
+        record = RunRecord.from_state(checkpoint["record"])
+        record.status = "partial"
+        strategy.load_state_dict(checkpoint["strategy"])
+        set_rng_state(checkpoint["rng"])
+        start = int(checkpoint["next"])
+    else:
+        record = RunRecord(
+            name=default_run_name(cfg),
+            seed=seed,
+            device=str(built.context.device),
+            started=now_iso(),
+            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+            stream={
+                "name": stream.name,
+                "scenario": stream.scenario,
+                "n_experiences": n_exp,
+                "n_classes": stream.n_classes,
+                "classes": stream.classes,
+                "has_task_ids": stream.has_task_ids,
+            },
+            scenario=stream.scenario,
+            versions=_versions(),
+        )
+        if cfg.get("resume"):  # died before its first checkpoint: keep the W&B run going
+            record.wandb_id = _previous_wandb_id(run_dir)
+        start = 0
+
+    sinks = make_sinks(cfg, run_dir, record)
+    out = _Fanout(sinks)
+    out.start(record, resumed=checkpoint is not None)
+    try:
+        if start == 0:
+            with timer(built.context.device) as t:
+                agn, aware = evaluate_row(
+                    strategy, stream, trained_upto=-1, batch_size=built.train.eval_batch_size
+                )
+            record.baseline = primary(stream.scenario, agn, aware)
+            record.baseline_task_aware = aware
+            record.budget.eval_seconds += t[0]
+        for i in range(start, n_exp):
+            _train_one(cfg, run_dir, record, built, i, out)
+        record.status = "complete"
+    except NonFiniteLossError as e:
+        record.error = str(e)
+        raise
+    except BaseException as e:
+        record.error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        record.finished = now_iso()
+        if record.status != "complete":
+            record.status = "partial"
+        out.finish(record)
+    return record
+
+
+def _previous_wandb_id(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "results.json").read_text())["run"].get("wandb_id")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _train_one(
+    cfg: DictConfig, run_dir: Path, record: RunRecord, built: Any, i: int, out: Any
+) -> None:
+    stream, strategy, device = built.stream, built.strategy, built.context.device
+    exp = stream[i]
+    es = experience_seed(record.seed, i)
+    random.seed(es)
+    np.random.seed(es)
+    torch.manual_seed(es)
+    n_train = len(exp.train)
+    out.start_experience(i, built.train.epochs * -(-n_train // built.train.batch_size))
+    with timer(device) as t_train:
+        stats = strategy.train_experience(exp, on_step=out.step)
+    with timer(device) as t_eval:
+        agn, aware = evaluate_row(
+            strategy, stream, trained_upto=i, batch_size=built.train.eval_batch_size
+        )
+    row = primary(stream.scenario, agn, aware)
+    record.acc_matrix.append(row)
+    if aware is not None:
+        record.acc_matrix_task_aware = (record.acc_matrix_task_aware or []) + [aware]
+    if agn is not None and stream.scenario == "task_il":
+        record.acc_matrix_task_agnostic = (record.acc_matrix_task_agnostic or []) + [agn]
+    b = record.budget
+    b.add_train(t_train[0], stats.samples)
+    b.eval_seconds += t_eval[0]
+    b.trainable_params = max(b.trainable_params, stats.trainable_params)
+    b.extra_state_bytes = int(strategy.extra_state_bytes())
+    b.update_memory(device)
+    record.per_experience.append(
+        {
+            "index": i,
+            "train_seconds": t_train[0],
+            "eval_seconds": t_eval[0],
+            "final_loss": stats.final_loss,
+            "steps": stats.steps,
+            "samples": stats.samples,
+            "trainable_params": stats.trainable_params,
+            "extra_state_bytes": b.extra_state_bytes,
+            "model_params": count_parameters(built.model.parameters()),
+            "metrics": record.metrics(),
+        }
+    )
+    if cfg.checkpoint.enabled:
+        save_checkpoint(
+            run_dir / "checkpoints",
+            {
+                "next": i + 1,
+                "strategy": strategy.state_dict(),
+                "record": record.state(),
+                "rng": rng_state(),
+            },
+            index=i,
+            keep_all=bool(cfg.checkpoint.keep_all),
+        )
+    out.end_experience(record)
+    if os.environ.get(KILL_AFTER_ENV) == str(i):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        record = run_experiment(cfg, run_dir)
+    except CLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(e.exit_code)
+    value = record.metrics()["avg_acc"]
+    return None if value is None else float(value)
+
+
+def main() -> None:
+    """Console script ``cl-run``."""
+    import hydra
+
+    register_configs()
+    entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(
+        _hydra_entry
+    )
+    entry()
+
+
+if __name__ == "__main__":
+    main()

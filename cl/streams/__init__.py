@@ -1,0 +1,35 @@
+"""Task streams: core types and the stream registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cl.registry import Registry
+from cl.streams.base import SCENARIOS, Data, Experience, Stream, StreamInfo, TensorData
+
+StreamBuilder = Callable[[Any], Stream]
+STREAMS: Registry[StreamBuilder] = Registry("stream")
+
+
+def register_stream(name: str, config_cls: type) -> Callable[[StreamBuilder], StreamBuilder]:
+    """Register ``builder(config) -> Stream`` under ``name`` with its config dataclass."""
+    return STREAMS.register(name, config_cls)
+
+
+def load_builtin_streams() -> None:
+    """Import the modules that register the built-in streams."""
+    from cl.streams import vision  # noqa: F401
+
+
+__all__ = [
+    "SCENARIOS",
+    "STREAMS",
+    "Data",
+    "Experience",
+    "Stream",
+    "StreamInfo",
+    "TensorData",
+    "load_builtin_streams",
+    "register_stream",
+]

@@ -1,0 +1,286 @@
+"""In-memory vision streams: split and permuted versions of digits and Fashion-MNIST.
+
+Data stays as tensors (moved to the run's device by the runner), so batches are index slices.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+from torch import Tensor
+
+from cl.errors import ConfigError, DataNotFoundError
+from cl.streams import register_stream
+from cl.streams.base import Experience, Stream, TensorData
+
+FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+# Standard Fashion-MNIST normalisation constants (mean, std of the training pixels).
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+@dataclass
+class VisionStreamConfig:
+    """Fields shared by the in-memory vision streams.
+
+    Attributes:
+        name: Stream name.
+        n_experiences: Number of experiences.
+        scenario: ``class_il`` / ``task_il`` (split) or ``domain_il`` / ``task_il`` (permuted).
+        task_labels: Whether task ids are available at test time.
+        data_root: Folder with the dataset files; when they are missing there and ``download``
+            is true, torchvision downloads them into it. ``None`` uses the system copy (Debian
+            package ``dataset-fashion-mnist``).
+        download: Allow downloading into ``data_root``.
+        max_train_per_experience: Subsample each experience's train set (smoke tests).
+        max_test_per_experience: Subsample each experience's test set.
+        subsample_seed: Seed of that subsampling.
+    """
+
+    name: str = MISSING
+    n_experiences: int = 5
+    scenario: str = "class_il"
+    task_labels: bool = True
+    data_root: str | None = None
+    download: bool = True
+    max_train_per_experience: int | None = None
+    max_test_per_experience: int | None = None
+    subsample_seed: int = 0
+
+
+@dataclass
+class SplitStreamConfig(VisionStreamConfig):
+    """Split (class-incremental) stream.
+
+    Attributes:
+        class_order: Explicit class order; experiences take consecutive chunks of it.
+        class_order_seed: When ``class_order`` is null, shuffle the classes with this seed
+            (null keeps 0..C-1).
+    """
+
+    class_order: list[int] | None = None
+    class_order_seed: int | None = None
+
+
+@dataclass
+class PermutedStreamConfig(VisionStreamConfig):
+    """Permuted (domain-incremental) stream: each experience applies its own pixel permutation.
+
+    Attributes:
+        permutation_seed: Seed of the permutations (every experience is permuted, as in
+            Avalanche's PermutedMNIST).
+    """
+
+    scenario: str = "domain_il"
+    permutation_seed: int = 0
+
+
+Arrays = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def load_digits_arrays() -> Arrays:
+    """scikit-learn's 8x8 digits: a stratified 70/30 train/test split with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0 - 0.5) / 0.5
+    xtr, xte, ytr, yte = train_test_split(
+        x, d.target, test_size=0.3, stratify=d.target, random_state=0
+    )
+    to_x = lambda a: torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1)  # noqa: E731
+    to_y = lambda a: torch.from_numpy(np.asarray(a)).long()  # noqa: E731
+    return to_x(xtr), to_y(ytr), to_x(xte), to_y(yte)
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+
+
+def _find_fmnist(data_root: str | None) -> Path | None:
+    candidates = (
+        [FMNIST_SYSTEM_DIR]
+        if data_root is None
+        else [Path(data_root), Path(data_root) / "FashionMNIST" / "raw"]
+    )
+    for c in candidates:
+        if all((c / f).exists() for f in FMNIST_FILES.values()):
+            return c
+    return None
+
+
+def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
+    """Fashion-MNIST from the idx files, downloading via torchvision into ``data_root`` if set."""
+    folder = _find_fmnist(data_root)
+    if folder is None and data_root is not None and not download:
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found in {data_root}. Install the offline copy with "
+            "`apt-get install dataset-fashion-mnist` and leave stream.data_root unset, or set "
+            "stream.download=true to download it there with torchvision (needs internet)."
+        )
+    if folder is None and data_root is not None:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(data_root, train=True, download=True)
+            FashionMNIST(data_root, train=False, download=True)
+        except Exception as e:  # network, permissions, ...
+            raise DataNotFoundError(
+                f"Fashion-MNIST is not in {data_root} and downloading it failed: {str(e).strip().splitlines()[0]}). "
+                "Install the offline copy with `apt-get install dataset-fashion-mnist` and leave "
+                "stream.data_root unset, or point stream.data_root at a writable folder while online."
+            ) from None
+        folder = _find_fmnist(data_root)
+    if folder is None:
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found in {FMNIST_SYSTEM_DIR}. Install it with "
+            "`apt-get install dataset-fashion-mnist`, or set stream.data_root=<writable folder> "
+            "to download it with torchvision (needs internet)."
+        )
+
+    def images(name: str) -> Tensor:
+        a = _read_idx(folder / FMNIST_FILES[name], 16).reshape(-1, 1, 28, 28)
+        return (torch.from_numpy(a.astype(np.float32)) / 255.0 - FMNIST_MEAN) / FMNIST_STD
+
+    def labels(name: str) -> Tensor:
+        return torch.from_numpy(_read_idx(folder / FMNIST_FILES[name], 8).astype(np.int64))
+
+    return images("train_x"), labels("train_y"), images("test_x"), labels("test_y")
+
+
+def _subsample(data: TensorData, n: int | None, gen: torch.Generator) -> TensorData:
+    if n is None or n >= len(data):
+        return data
+    if n <= 0:
+        raise ConfigError(f"subsample size must be positive, got {n}")
+    idx = torch.randperm(len(data), generator=gen)[:n].sort().values
+    return data.subset(idx)
+
+
+def _check_scenario(cfg: VisionStreamConfig, allowed: tuple[str, ...]) -> None:
+    if cfg.scenario not in allowed:
+        raise ConfigError(
+            f"stream {cfg.name!r} supports scenario {' or '.join(allowed)}, got {cfg.scenario!r}"
+        )
+    if cfg.n_experiences <= 0:
+        raise ConfigError(f"stream.n_experiences must be positive, got {cfg.n_experiences}")
+
+
+def split_stream(
+    cfg: SplitStreamConfig, arrays: Arrays, n_classes: int, shape: tuple[int, ...]
+) -> Stream:
+    """Partition the classes into ``n_experiences`` consecutive chunks of the class order."""
+    _check_scenario(cfg, ("class_il", "task_il"))
+    if cfg.class_order is not None:
+        order = [int(c) for c in cfg.class_order]
+        if sorted(order) != list(range(n_classes)):
+            raise ConfigError(f"stream.class_order must be a permutation of 0..{n_classes - 1}")
+    elif cfg.class_order_seed is not None:
+        g = torch.Generator().manual_seed(cfg.class_order_seed)
+        order = torch.randperm(n_classes, generator=g).tolist()
+    else:
+        order = list(range(n_classes))
+    if cfg.n_experiences > n_classes:
+        raise ConfigError(f"stream.n_experiences={cfg.n_experiences} exceeds {n_classes} classes")
+    chunks = [c.tolist() for c in np.array_split(np.array(order), cfg.n_experiences)]
+    xtr, ytr, xte, yte = arrays
+    gen = torch.Generator().manual_seed(cfg.subsample_seed)
+    exps = []
+    for i, classes in enumerate(chunks):
+        cls = torch.tensor(classes)
+        mtr, mte = torch.isin(ytr, cls), torch.isin(yte, cls)
+        tr = TensorData(xtr[mtr], ytr[mtr], torch.full((int(mtr.sum()),), i))
+        te = TensorData(xte[mte], yte[mte], torch.full((int(mte.sum()),), i))
+        exps.append(
+            Experience(
+                index=i,
+                task_id=i,
+                classes=sorted(classes),
+                train=_subsample(tr, cfg.max_train_per_experience, gen),
+                test=_subsample(te, cfg.max_test_per_experience, gen),
+            )
+        )
+    return Stream(
+        name=cfg.name,
+        scenario=cfg.scenario,
+        n_classes=n_classes,
+        experiences=exps,
+        modality="vision",
+        input_shape=shape,
+        has_task_ids=cfg.task_labels or cfg.scenario == "task_il",
+        extra={"class_order": order},
+    )
+
+
+def permuted_stream(
+    cfg: PermutedStreamConfig, arrays: Arrays, n_classes: int, shape: tuple[int, ...]
+) -> Stream:
+    """Each experience permutes the pixels with its own seeded permutation."""
+    _check_scenario(cfg, ("domain_il", "task_il"))
+    xtr, ytr, xte, yte = arrays
+    d = int(np.prod(shape))
+    g = torch.Generator().manual_seed(cfg.permutation_seed)
+    gen = torch.Generator().manual_seed(cfg.subsample_seed)
+    exps = []
+    for i in range(cfg.n_experiences):
+        perm = torch.randperm(d, generator=g)
+        tr = _subsample(
+            TensorData(xtr, ytr, torch.full((len(ytr),), i)), cfg.max_train_per_experience, gen
+        )
+        te = _subsample(
+            TensorData(xte, yte, torch.full((len(yte),), i)), cfg.max_test_per_experience, gen
+        )
+        permute = lambda x, p=perm: x.reshape(len(x), d)[:, p].reshape(len(x), *shape)  # noqa: E731
+        exps.append(
+            Experience(
+                index=i,
+                task_id=i,
+                classes=list(range(n_classes)),
+                train=TensorData(permute(tr.x), tr.y, tr.t),
+                test=TensorData(permute(te.x), te.y, te.t),
+            )
+        )
+    return Stream(
+        name=cfg.name,
+        scenario=cfg.scenario,
+        n_classes=n_classes,
+        experiences=exps,
+        modality="vision",
+        input_shape=shape,
+        has_task_ids=cfg.task_labels or cfg.scenario == "task_il",
+    )
+
+
+@register_stream("split_digits", SplitStreamConfig)
+def split_digits(cfg: SplitStreamConfig) -> Stream:
+    """scikit-learn digits split into experiences of classes (default 5 x 2)."""
+    return split_stream(cfg, load_digits_arrays(), 10, (1, 8, 8))
+
+
+@register_stream("permuted_digits", PermutedStreamConfig)
+def permuted_digits(cfg: PermutedStreamConfig) -> Stream:
+    """scikit-learn digits under per-experience pixel permutations."""
+    return permuted_stream(cfg, load_digits_arrays(), 10, (1, 8, 8))
+
+
+@register_stream("split_fmnist", SplitStreamConfig)
+def split_fmnist(cfg: SplitStreamConfig) -> Stream:
+    """Fashion-MNIST split into experiences of classes (default 5 x 2)."""
+    return split_stream(cfg, load_fmnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
+
+
+@register_stream("permuted_fmnist", PermutedStreamConfig)
+def permuted_fmnist(cfg: PermutedStreamConfig) -> Stream:
+    """Fashion-MNIST under per-experience pixel permutations."""
+    return permuted_stream(cfg, load_fmnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
