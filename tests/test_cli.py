@@ -1,0 +1,100 @@
+"""The cl-run command: bad inputs give one readable message and a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def cl_run(*args: str, cwd, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "cl.run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _no_traceback(p: subprocess.CompletedProcess) -> None:
+    assert "Traceback (most recent call last)" not in p.stderr + p.stdout
+
+
+@pytest.mark.parametrize(
+    ("group", "names"),
+    [
+        ("stream", ["split_digits", "permuted_digits", "split_fmnist", "permuted_fmnist"]),
+        ("strategy", ["naive", "joint"]),
+        ("model", ["mlp", "cnn"]),
+    ],
+)
+def test_unknown_choice_lists_valid_names(group, names, tmp_path):
+    p = cl_run(f"{group}=nope", cwd=tmp_path)
+    assert p.returncode != 0
+    assert f"Could not find '{group}/nope'" in p.stderr
+    for n in names:
+        assert n in p.stderr
+    _no_traceback(p)
+
+
+def test_wrong_type(tmp_path):
+    p = cl_run("train.epochs=abc", cwd=tmp_path)
+    assert p.returncode != 0
+    assert "train.epochs" in p.stderr and "could not be converted to Integer" in p.stderr
+    _no_traceback(p)
+
+
+@pytest.mark.parametrize("arg", ["train.epochs=0", "train.batch_size=0", "train.batch_size=-5"])
+def test_non_positive_epochs_or_batch_size(arg, tmp_path):
+    p = cl_run(arg, "logger=none", cwd=tmp_path)
+    assert p.returncode == 2
+    key = arg.split("=")[0]
+    assert f"error: {key} must be a positive integer" in p.stderr
+    _no_traceback(p)
+
+
+def test_missing_offline_data(tmp_path):
+    p = cl_run(
+        "stream=split_fmnist",
+        f"stream.data_root={tmp_path}",
+        "stream.download=false",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert p.returncode == 2
+    assert (
+        "Fashion-MNIST not found" in p.stderr
+        and "apt-get install dataset-fashion-mnist" in p.stderr
+    )
+    _no_traceback(p)
+
+
+def test_nan_loss_stops_with_partial_results(tmp_path):
+    p = cl_run("train.lr=1e6", "logger=none", "hydra.run.dir=run", cwd=tmp_path)
+    assert p.returncode == 3
+    assert "error: loss became non-finite" in p.stderr
+    _no_traceback(p)
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["run"]["status"] == "partial"
+
+
+def test_unknown_key_and_typo(tmp_path):
+    p = cl_run("strategy.ewc_lambdaa=1", cwd=tmp_path)
+    assert p.returncode != 0 and "Key 'ewc_lambdaa' not in" in p.stderr
+    _no_traceback(p)
+
+
+def test_report_without_runs(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "cl.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0 and "no runs" in p.stdout
