@@ -53,6 +53,10 @@ def make_head(cfg: ModelConfig, feature_dim: int, info: StreamInfo) -> nn.Module
     return SingleHead(feature_dim, info.n_classes)
 
 
+# Modules of this package that register no model (imported only where used, since some pull
+# in heavy libraries such as peft).
+LIBRARY_MODULES = frozenset({"heads", "mora", "prompting", "hypernet", "adapter_router"})
+
 ModelBuilder = Callable[[Any, StreamInfo], CLModel]
 MODELS: Registry[ModelBuilder] = Registry("model")
 
@@ -63,8 +67,17 @@ def register_model(name: str, config_cls: type) -> Callable[[ModelBuilder], Mode
 
 
 def load_builtin_models() -> None:
-    """Import the modules that register the built-in models."""
-    from cl.models import cnn, mlp  # noqa: F401
+    """Import every public module of this package (each registers its models).
+
+    Modules here keep heavy imports (transformers, timm, peft, avalanche) inside functions, so
+    that composing a config stays fast.
+    """
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_") and mod.name not in LIBRARY_MODULES:
+            importlib.import_module(f"{__name__}.{mod.name}")
 
 
 __all__ = ["MODELS", "CLModel", "ModelConfig", "load_builtin_models", "make_head", "register_model"]

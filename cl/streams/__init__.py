@@ -18,8 +18,17 @@ def register_stream(name: str, config_cls: type) -> Callable[[StreamBuilder], St
 
 
 def load_builtin_streams() -> None:
-    """Import the modules that register the built-in streams."""
-    from cl.streams import vision  # noqa: F401
+    """Import every public module of this package (each registers its streams).
+
+    Modules here keep heavy imports (transformers, timm, peft, avalanche) inside functions, so
+    that composing a config stays fast.
+    """
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_") and mod.name != "base":
+            importlib.import_module(f"{__name__}.{mod.name}")
 
 
 __all__ = [
