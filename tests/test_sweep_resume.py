@@ -74,9 +74,13 @@ def test_sigkill_after_second_experience_then_resume(tmp_path):
     assert [p["final_loss"] for p in final["per_experience"]] == [
         p["final_loss"] for p in expected["per_experience"]
     ]
-    # W&B continues the same run: both attempts log under one id.
-    runs = [read_offline_run(p) for p in offline_runs(run)]
-    assert len(runs) == 2 and {r.run_id for r in runs} == {first_id}
-    assert final["run"]["wandb_id"] == first_id
+    # W&B continues the same run: both attempts log under one id (the killed attempt's log
+    # holds what was flushed before SIGKILL), and the resumed one logs the remaining experiences.
+    dirs = offline_runs(run)
+    assert len(dirs) == 2 and all(d.name.endswith(first_id) for d in dirs)
+    last = read_offline_run(dirs[-1])
+    assert last.run_id == first_id and final["run"]["wandb_id"] == first_id
+    assert [h["experience"] for h in last.history if "eval/acc_exp0" in h] == [3, 4, 5]
+    assert last.summary["cl/avg_acc"] == final["metrics"]["avg_acc"]
     # The original composed config is kept.
     assert "strategy: joint" in Path(run / ".hydra" / "config.yaml").read_text()

@@ -111,7 +111,10 @@ class WandbSink(Sink):
             dir=str(self.run_dir),
             config=record.config,
             mode=self.mode,  # type: ignore[arg-type]
-            settings=wandb.Settings(console="off", silent=True),
+            # Flush the local transaction log often: a killed run keeps what it logged.
+            settings=wandb.Settings(
+                console="off", silent=True, x_transaction_log_flush_interval=2.0
+            ),
         )
         record.wandb_id = self.run.id
         self.run.define_metric("train/step")
