@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from cl.logging.wandb_offline import offline_runs, read_offline_run
 from cl.run import KILL_AFTER_ENV
 from tests.test_cli import cl_run
@@ -83,4 +85,5 @@ def test_sigkill_after_second_experience_then_resume(tmp_path):
     assert [h["experience"] for h in last.history if "eval/acc_exp0" in h] == [3, 4, 5]
     assert last.summary["cl/avg_acc"] == final["metrics"]["avg_acc"]
     # The original composed config is kept.
-    assert "strategy: joint" in Path(run / ".hydra" / "config.yaml").read_text()
+    kept = OmegaConf.load(Path(run / ".hydra" / "config.yaml"))
+    assert kept.strategy.name == "joint" and kept.resume is None and kept.seed == 7
