@@ -91,8 +91,13 @@ def avalanche_time(cfg, device: torch.device) -> float:
     )
     opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum)
     strat = Naive(
-        model=model, optimizer=opt, train_mb_size=tc.batch_size, train_epochs=tc.epochs,
-        device=device, evaluator=EvaluationPlugin(loggers=[]), eval_every=-1,
+        model=model,
+        optimizer=opt,
+        train_mb_size=tc.batch_size,
+        train_epochs=tc.epochs,
+        device=device,
+        evaluator=EvaluationPlugin(loggers=[]),
+        eval_every=-1,
     )
     total = 0.0
     for exp in bench.train_stream:
@@ -117,11 +122,18 @@ def main() -> None:
     import tempfile
 
     device = torch.device(args.device)
-    cfg = compose([
-        "stream=split_fmnist", "strategy=naive", "model=mlp", "logger=none",
-        "checkpoint.enabled=false", f"train.epochs={args.epochs}",
-        f"train.batch_size={args.batch_size}", f"device={args.device}",
-    ])
+    cfg = compose(
+        [
+            "stream=split_fmnist",
+            "strategy=naive",
+            "model=mlp",
+            "logger=none",
+            "checkpoint.enabled=false",
+            f"train.epochs={args.epochs}",
+            f"train.batch_size={args.batch_size}",
+            f"device={args.device}",
+        ]
+    )
     plat, bare = [], []
     for _ in range(args.repeats):  # interleaved, so drift hits both alike
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,10 +141,14 @@ def main() -> None:
         plat.append(t)
         bare.append(bare_time(cfg, device))
     p, b = statistics.median(plat), statistics.median(bare)
-    print(f"device={device} threads={torch.get_num_threads()} epochs={args.epochs} "
-          f"batch_size={args.batch_size} repeats={args.repeats}")
-    print(f"platform naive train time : {p:8.2f} s  (runs: {', '.join(f'{v:.2f}' for v in plat)};"
-          f" avg_acc {acc:.3f})")
+    print(
+        f"device={device} threads={torch.get_num_threads()} epochs={args.epochs} "
+        f"batch_size={args.batch_size} repeats={args.repeats}"
+    )
+    print(
+        f"platform naive train time : {p:8.2f} s  (runs: {', '.join(f'{v:.2f}' for v in plat)};"
+        f" avg_acc {acc:.3f})"
+    )
     print(f"bare PyTorch loop         : {b:8.2f} s  (runs: {', '.join(f'{v:.2f}' for v in bare)})")
     print(f"platform / bare           : {p / b:8.3f}  (target <= 1.15)")
     if not args.skip_avalanche:

@@ -55,6 +55,7 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        return state
     except Exception as e:  # a torn file cannot happen (atomic rename), but a foreign one can
         raise ConfigError(f"cannot read checkpoint {path}: {e}") from None

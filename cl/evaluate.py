@@ -14,6 +14,7 @@ The stream's scenario picks the primary matrix: task-aware for task_il, task-agn
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,7 +29,11 @@ def _batches(data: object, bs: int, device: torch.device) -> list[tuple[Tensor, 
             (data.x[s : s + bs], data.y[s : s + bs], data.t[s : s + bs])
             for s in range(0, len(data), bs)
         ]
-    loader = torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False)  # type: ignore[arg-type]
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
+        data,  # type: ignore[arg-type]
+        batch_size=bs,
+        shuffle=False,
+    )
     return [(x.to(device), y.to(device), t.to(device)) for x, y, t in loader]
 
 
@@ -40,7 +45,7 @@ def _class_mask(n_classes: int, classes: Sequence[int], device: torch.device) ->
 
 @torch.inference_mode()
 def accuracy(
-    strategy: Strategy,  # type: ignore[type-arg]
+    strategy: Strategy[Any],
     exp: Experience,
     *,
     n_classes: int,
@@ -76,7 +81,7 @@ def accuracy(
 
 
 def evaluate_row(
-    strategy: Strategy,  # type: ignore[type-arg]
+    strategy: Strategy[Any],
     stream: Stream,
     *,
     trained_upto: int,

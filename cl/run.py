@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -34,10 +35,8 @@ KILL_AFTER_ENV = "CL_KILL_AFTER_EXPERIENCE"
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("cl-platform", "torch", "torchvision", "avalanche-lib", "hydra-core", "wandb"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

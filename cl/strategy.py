@@ -150,7 +150,7 @@ class Strategy(ABC, Generic[C]):
         self.optimizer: torch.optim.Optimizer | None = None
         self._forward_fn: Callable[..., Tensor] = model
         if context.train.compile:
-            self._forward_fn = torch.compile(model)  # type: ignore[assignment]
+            self._forward_fn = torch.compile(model)
 
     # ----------------------------------------------------------------- checks
     @classmethod
@@ -261,7 +261,7 @@ class Strategy(ABC, Generic[C]):
 
     def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         tc = self.context.train
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        fused = self.device.type == "cuda" or None
         if not params:
             raise ConfigError(f"strategy {self.name!r} has no trainable parameters")
         if tc.optimizer == "sgd":
@@ -269,8 +269,8 @@ class Strategy(ABC, Generic[C]):
                 params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
             )
         if tc.optimizer == "adam":
-            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, **fused)
-        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, **fused)
+            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = self.context.amp_dtype

@@ -17,7 +17,7 @@ def test_mlp_and_cnn_shapes():
     x = torch.randn(7, 1, 8, 8)
     m = build_mlp(MLPConfig(hidden_sizes=[32, 16]), info)
     assert m(x).shape == (7, 10)
-    assert [l.out_features for l in m.backbone if isinstance(l, torch.nn.Linear)] == [32, 16]
+    assert [m_.out_features for m_ in m.backbone if isinstance(m_, torch.nn.Linear)] == [32, 16]
     c = build_cnn(CNNConfig(channels=[4, 8], hidden_size=12), info)
     assert c(x).shape == (7, 10) and c.feature_dim == 12
 

@@ -16,8 +16,12 @@ from cl.strategy import list_strategies
 
 # Strategy-specific overrides (stream, model, small settings); default: split_digits + mlp.
 SETUP: dict[str, list[str]] = {}
-BASE = ["stream.max_train_per_experience=120", "stream.max_test_per_experience=60",
-        "stream.n_experiences=3", "train.epochs=1"]
+BASE = [
+    "stream.max_train_per_experience=120",
+    "stream.max_test_per_experience=60",
+    "stream.n_experiences=3",
+    "train.epochs=1",
+]
 
 
 def overrides(name: str) -> list[str]:

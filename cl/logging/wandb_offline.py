@@ -71,7 +71,7 @@ def read_offline_run(run_path: Path) -> OfflineRun:
     f = run_path if run_path.is_file() else next(run_path.glob("run-*.wandb"))
     run = OfflineRun()
     for payload in iter_payloads(f):
-        rec = pb.Record()
+        rec = pb.Record()  # type: ignore[attr-defined]
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")
         if kind == "run":

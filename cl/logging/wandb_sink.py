@@ -161,7 +161,9 @@ class WandbSink(Sink):
                     self._log_matrix(
                         wandb, record.acc_matrix_task_aware, "acc_matrix_task_aware", record.n_done
                     )
-            summary = {f"cl/{k}": v for k, v in record.metrics().items() if v is not None}
+            summary: dict[str, Any] = {
+                f"cl/{k}": v for k, v in record.metrics().items() if v is not None
+            }
             summary.update({f"budget/{k}": v for k, v in record.budget.to_dict().items()})
             summary["status"] = record.status
             summary["n_experiences_done"] = record.n_done
@@ -182,7 +184,7 @@ class WandbSink(Sink):
         t = len(matrix[0])
         table = wandb.Table(
             columns=["after_experience"] + [f"exp{j}" for j in range(t)],
-            data=[[i] + list(row) for i, row in enumerate(matrix)],
+            data=[[i, *row] for i, row in enumerate(matrix)],
         )
         fig = heatmap_figure(matrix, key.replace("_", " "))
         curves = wandb.plot.line_series(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -107,7 +108,7 @@ class Stream:
     def __len__(self) -> int:
         return len(self.experiences)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Experience]:
         return iter(self.experiences)
 
     def __getitem__(self, i: int) -> Experience:

@@ -136,10 +136,11 @@ def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
             FashionMNIST(data_root, train=True, download=True)
             FashionMNIST(data_root, train=False, download=True)
         except Exception as e:  # network, permissions, ...
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataNotFoundError(
-                f"Fashion-MNIST is not in {data_root} and downloading it failed: {str(e).strip().splitlines()[0]}). "
+                f"Fashion-MNIST is not in {data_root} and downloading it failed ({why}). "
                 "Install the offline copy with `apt-get install dataset-fashion-mnist` and leave "
-                "stream.data_root unset, or point stream.data_root at a writable folder while online."
+                "stream.data_root unset, or point stream.data_root at a writable folder online."
             ) from None
         folder = _find_fmnist(data_root)
     if folder is None:
