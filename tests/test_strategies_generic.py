@@ -15,7 +15,16 @@ from cl.run import run_experiment
 from cl.strategy import list_strategies
 
 # Strategy-specific overrides (stream, model, small settings); default: split_digits + mlp.
-SETUP: dict[str, list[str]] = {}
+SETUP: dict[str, list[str]] = {
+    "l2p": [
+        "model=vit",
+        "model.img_size=8",
+        "model.patch_size=4",
+        "model.depth=1",
+        "model.embed_dim=32",
+        "model.num_heads=2",
+    ],
+}
 BASE = [
     "stream.max_train_per_experience=120",
     "stream.max_test_per_experience=60",
