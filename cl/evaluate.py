@@ -98,7 +98,9 @@ def evaluate_row(
     if stream.scenario == "class_il" and trained_upto >= 0:
         seen = sorted({c for e in stream.experiences[: trained_upto + 1] for c in e.classes})
     agnostic = None
-    if not strategy.needs_task_id_at_test:
+    # task_il is defined by task ids at test time (a multi-head model over tasks that share
+    # classes cannot even predict without them), so it has no task-agnostic matrix.
+    if not strategy.needs_task_id_at_test and stream.scenario != "task_il":
         agnostic = [
             accuracy(
                 strategy,

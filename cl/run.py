@@ -8,6 +8,7 @@ import platform
 import random
 import signal
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -187,8 +188,6 @@ def _train_one(
     record.acc_matrix.append(row)
     if aware is not None:
         record.acc_matrix_task_aware = (record.acc_matrix_task_aware or []) + [aware]
-    if agn is not None and stream.scenario == "task_il":
-        record.acc_matrix_task_agnostic = (record.acc_matrix_task_agnostic or []) + [agn]
     b = record.budget
     b.add_train(t_train[0], stats.samples)
     b.eval_seconds += t_eval[0]
@@ -232,15 +231,51 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         record = run_experiment(cfg, run_dir)
     except CLError as e:
         print(f"error: {e}", file=sys.stderr)
-        if hc.mode == RunMode.MULTIRUN:
-            raise
+        if multirun:
+            return _job_failed(cfg, run_dir, e)
         sys.exit(e.exit_code)
+    except Exception as e:
+        if not multirun:
+            raise
+        traceback.print_exc()
+        return _job_failed(cfg, run_dir, e)
     value = record.metrics()["avg_acc"]
     return None if value is None else float(value)
+
+
+def _job_failed(cfg: DictConfig, run_dir: Path, e: Exception) -> float:
+    """A failed sweep job: keep the sweep going, leave a results.json that says why.
+
+    Failures during training already left a partial results.json with the error; a job that
+    failed before (bad config value, missing data) gets a minimal one with status "failed".
+    NaN tells the Optuna sweeper the trial failed.
+    """
+    if not (run_dir / "results.json").exists():
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # an interpolation may be what failed
+            config = OmegaConf.to_container(cfg, resolve=False)
+        record = RunRecord(
+            name=default_run_name(cfg),
+            seed=int(cfg.seed),
+            device=str(cfg.device),
+            started=now_iso(),
+            config=config,  # type: ignore[arg-type]
+            stream={"name": str(cfg.stream.name), "scenario": cfg.stream.get("scenario")},
+            scenario=str(cfg.stream.get("scenario")),
+            versions=_versions(),
+            status="failed",
+            finished=now_iso(),
+            error=f"{type(e).__name__}: {e}",
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        FileSink(run_dir).finish(record)
+    return float("nan")
 
 
 def main() -> None:

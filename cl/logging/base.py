@@ -25,7 +25,6 @@ class RunRecord:
     versions: dict[str, str]
     acc_matrix: list[list[float]] = field(default_factory=list)
     acc_matrix_task_aware: list[list[float]] | None = None
-    acc_matrix_task_agnostic: list[list[float]] | None = None
     baseline: list[float] = field(default_factory=list)
     baseline_task_aware: list[float] | None = None
     budget: Budget = field(default_factory=Budget)
@@ -67,7 +66,6 @@ class RunRecord:
             "stream": self.stream,
             "acc_matrix": self.acc_matrix,
             "acc_matrix_task_aware": self.acc_matrix_task_aware,
-            "acc_matrix_task_agnostic": self.acc_matrix_task_agnostic,
             "baseline_acc": self.baseline,
             "baseline_acc_task_aware": self.baseline_task_aware,
             "metrics": self.metrics(),
