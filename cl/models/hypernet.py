@@ -1,0 +1,151 @@
+"""Hypernetworks that generate every weight of a target network from a conditioning embedding.
+
+Used by the ``hypernet`` strategy (von Oswald et al., "Continual learning with hypernetworks",
+ICLR 2020). :class:`TargetSpec` records the names and shapes of the target's parameters and
+turns a flat weight vector back into a ``{name: tensor}`` dict for
+:func:`torch.func.functional_call`; :class:`HyperNetwork` maps embeddings to such vectors, either
+all at once (full) or chunk by chunk with learned chunk embeddings (chunked, the compressive
+variant of the paper).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "elu": F.elu,
+    "tanh": torch.tanh,
+}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Names and shapes of the generated target parameters, in flat-vector order.
+
+    Attributes:
+        names: Parameter names (as ``functional_call`` expects them).
+        shapes: Their shapes.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [math.prod(s) for s in self.shapes]
+
+    @property
+    def numel(self) -> int:
+        return sum(self.sizes)
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Split one flat weight vector into named tensors of the target's shapes."""
+        parts = torch.split(flat, self.sizes)
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
+
+    def init_scale_offset(self) -> tuple[Tensor, Tensor]:
+        """Per-element scale and offset that give generated weights a standard init's size.
+
+        The raw hypernetwork output has roughly unit variance; multiplying it by the He std of
+        each weight tensor (``sqrt(2 / fan_in)``), the ``1/sqrt(fan_in)`` of the layer for its
+        bias, and shifting 1-D normalisation weights to 1, makes the initial target network
+        trainable whatever its layer sizes (the role of hyperfan init in later work).
+        """
+        fan_in: dict[str, int] = {}
+        for n, s in zip(self.names, self.shapes, strict=True):
+            if len(s) >= 2:
+                fan_in[n.rsplit(".", 1)[0]] = math.prod(s[1:])
+        scales, offsets = [], []
+        for n, s in zip(self.names, self.shapes, strict=True):
+            size = math.prod(s)
+            prefix, leaf = n.rsplit(".", 1) if "." in n else ("", n)
+            offset = 0.0
+            if len(s) >= 2:
+                scale = math.sqrt(2.0 / math.prod(s[1:]))
+            elif prefix in fan_in:  # bias of a linear/conv layer
+                scale = 1.0 / math.sqrt(fan_in[prefix])
+            else:  # normalisation layer: weight around 1, bias around 0
+                scale, offset = 0.1, 1.0 if leaf == "weight" else 0.0
+            scales.append(torch.full((size,), scale))
+            offsets.append(torch.full((size,), offset))
+        return torch.cat(scales), torch.cat(offsets)
+
+
+class HyperNetwork(nn.Module):
+    """An MLP ``h(e) -> theta_target`` (full) or ``h([e, c_i]) -> chunk_i`` (chunked).
+
+    Args:
+        n_out: Number of generated target weights.
+        emb_dim: Size of the conditioning (task) embedding.
+        hidden_sizes: Widths of the hidden layers.
+        chunk_size: Outputs per chunk; ``None`` generates all weights in one output layer.
+        chunk_emb_dim: Size of the learned chunk embeddings (chunked only).
+        activation: ``relu``, ``elu`` or ``tanh``.
+        scale: Fixed per-output multiplier (see :meth:`TargetSpec.init_scale_offset`).
+        offset: Fixed per-output shift.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_out: int,
+        emb_dim: int,
+        hidden_sizes: Sequence[int],
+        chunk_size: int | None = None,
+        chunk_emb_dim: int = 8,
+        activation: str = "relu",
+        scale: Tensor | None = None,
+        offset: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        self.n_out = n_out
+        self.chunk_size = chunk_size
+        self.act: Callable[[Tensor], Tensor] = ACTIVATIONS[activation]
+        in_dim = emb_dim
+        if chunk_size is not None:
+            n_chunks = -(-n_out // chunk_size)
+            self.chunk_emb = nn.Parameter(torch.randn(n_chunks, chunk_emb_dim))
+            in_dim += chunk_emb_dim
+        self.hidden = nn.ModuleList()
+        for h in hidden_sizes:
+            layer = nn.Linear(in_dim, h)
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+            self.hidden.append(layer)
+            in_dim = h
+        self.out = nn.Linear(in_dim, chunk_size or n_out)
+        # Unit-variance raw outputs: the fixed scale then sets each target tensor's size.
+        nn.init.normal_(self.out.weight, std=1.0 / math.sqrt(in_dim))
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("scale", scale if scale is not None else torch.ones(n_out))
+        self.register_buffer("offset", offset if offset is not None else torch.zeros(n_out))
+
+    def forward(self, emb: Tensor) -> Tensor:
+        """Generated weights: ``(n_out,)`` for one embedding, ``(B, n_out)`` for ``(B, d)``."""
+        single = emb.dim() == 1
+        e = emb.unsqueeze(0) if single else emb
+        if self.chunk_size is not None:
+            b, n_chunks = e.shape[0], self.chunk_emb.shape[0]
+            h = torch.cat(
+                [
+                    e.unsqueeze(1).expand(b, n_chunks, e.shape[1]),
+                    self.chunk_emb.unsqueeze(0).expand(b, n_chunks, self.chunk_emb.shape[1]),
+                ],
+                dim=2,
+            )
+        else:
+            h = e
+        for layer in self.hidden:
+            h = self.act(layer(h))
+        out = self.out(h).reshape(e.shape[0], -1)[:, : self.n_out]
+        out = out * self.scale + self.offset
+        return out[0] if single else out

@@ -1,0 +1,264 @@
+"""Task-conditioned hypernetworks (HNET), with task inference by predictive entropy (HNET+ENT).
+
+von Oswald, Henning, Grewe and Sacramento, "Continual learning with hypernetworks", ICLR 2020.
+
+A hypernetwork maps a learned task embedding ``e_t`` to every weight of the target network (the
+platform's model, run with :func:`torch.func.functional_call` on the generated weights). Each
+task gets its own output head, generated together with the backbone from ``e_t`` (a linear layer
+over the task's classes); the model's own parameters, head included, are never trained. After
+each task the outputs ``h(e_t, theta*)`` for all learned tasks are stored, and while learning a
+new task the output regulariser ``beta/(T-1) sum_t ||h(e_t, theta*) - h(e_t, theta + dtheta)||^2``
+keeps them, optionally on a random subset of old tasks per step and with the look-ahead
+``dtheta`` (the step the task loss alone would take). Batch-norm statistics are kept per task.
+Without task ids, the task is inferred per sample as the stored embedding whose network gives the
+lowest predictive entropy (HNET+ENT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from cl.errors import ConfigError
+from cl.models.hypernet import HyperNetwork, TargetSpec
+from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
+from cl.streams.base import Experience, TensorData
+
+
+@dataclass
+class HypernetConfig(StrategyConfig):
+    """HNET settings.
+
+    Attributes:
+        beta: Strength of the output regulariser.
+        emb_dim: Size of the task embeddings.
+        emb_init_std: Std of the normal init of the task embeddings.
+        hidden_sizes: Hidden widths of the hypernetwork.
+        activation: Hypernetwork activation (``relu``, ``elu``, ``tanh``).
+        chunk_size: Weights generated per chunk (null: one output layer for all weights).
+        chunk_emb_dim: Size of the learned chunk embeddings.
+        reg_tasks_per_step: Regularise a random subset of this many old tasks per step
+            (null: all of them).
+        lookahead: Regularise at ``theta + dtheta`` (dtheta: the task loss's own step).
+    """
+
+    name: str = "hypernet"
+    beta: float = 0.01
+    emb_dim: int = 32
+    emb_init_std: float = 1.0
+    hidden_sizes: list[int] = field(default_factory=lambda: [50, 50])
+    activation: str = "relu"
+    chunk_size: int | None = None
+    chunk_emb_dim: int = 8
+    reg_tasks_per_step: int | None = None
+    lookahead: bool = False
+
+
+@register_strategy("hypernet")
+class Hypernet(Strategy[HypernetConfig]):
+    """Hypernetwork generating the model's weights from task embeddings."""
+
+    config_cls = HypernetConfig
+    needs_task_id_at_test = False  # HNET+ENT infers the task
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        cfg, info = self.config, self.context.stream
+        backbone = getattr(self.model, "backbone", None)
+        feat = getattr(self.model, "feature_dim", None)
+        if not isinstance(backbone, nn.Module) or not isinstance(feat, int):
+            raise ConfigError("strategy 'hypernet' needs a model with a backbone and feature_dim")
+        if cfg.beta < 0 or (cfg.chunk_size is not None and cfg.chunk_size <= 0):
+            raise ConfigError("strategy.beta must be >= 0 and strategy.chunk_size positive")
+        self.backbone = backbone
+        self.task_classes = [list(c) for c in info.task_classes]
+        width = max(len(c) for c in self.task_classes)
+        named = list(backbone.named_parameters())
+        self.spec = TargetSpec(
+            names=(*(n for n, _ in named), "head.weight", "head.bias"),
+            shapes=(*(tuple(p.shape) for _, p in named), (width, feat), (width,)),
+        )
+        scale, offset = self.spec.init_scale_offset()
+        self.hnet = HyperNetwork(
+            n_out=self.spec.numel,
+            emb_dim=cfg.emb_dim,
+            hidden_sizes=cfg.hidden_sizes,
+            chunk_size=cfg.chunk_size,
+            chunk_emb_dim=cfg.chunk_emb_dim,
+            activation=cfg.activation,
+            scale=scale,
+            offset=offset,
+        ).to(self.device)
+        n_tasks = len(self.task_classes)
+        self.embeddings = nn.ParameterList(
+            nn.Parameter(torch.randn(cfg.emb_dim, device=self.device) * cfg.emb_init_std)
+            for _ in range(n_tasks)
+        )
+        # Batch-norm running statistics are not generated: one copy per task.
+        self._bn_init = {n: b.detach().clone() for n, b in backbone.named_buffers()}
+        self.bn_stats: dict[int, dict[str, Tensor]] = {}
+        self.learned: list[int] = []
+        self.targets: dict[int, Tensor] = {}
+        self.current = 0
+        self._reg_gen: torch.Generator | None = None
+
+    # ------------------------------------------------------------- generation
+    def generate(self, tasks: list[int], theta: dict[str, Tensor] | None = None) -> Tensor:
+        """Flat target weights ``(len(tasks), n)`` for ``tasks`` (hnet params ``theta``)."""
+        emb = torch.stack([self.embeddings[t] for t in tasks])
+        if theta is None:
+            return self.hnet(emb)
+        return functional_call(self.hnet, theta, (emb,))
+
+    def task_logits(self, x: Tensor, task: int, flat: Tensor) -> Tensor:
+        """Logits of the generated network of ``task`` over that task's own classes."""
+        w = self.spec.unflatten(flat)
+        head_w, head_b = w.pop("head.weight"), w.pop("head.bias")
+        buffers = self.bn_stats.get(task, self._bn_init)
+        feats = functional_call(self.backbone, {**w, **buffers}, (x,))
+        k = len(self.task_classes[task])
+        return F.linear(feats, head_w[:k], head_b[:k])
+
+    def _global(self, n: int, like: Tensor) -> Tensor:
+        return like.new_full((n, self.context.stream.n_classes), float("-inf"))
+
+    def _logits_with_ids(self, x: Tensor, task_ids: Tensor) -> Tensor:
+        tasks = torch.unique(task_ids).tolist()
+        flats = self.generate(tasks)
+        out: Tensor | None = None
+        for t, flat in zip(tasks, flats, strict=True):
+            rows = (task_ids == t).nonzero(as_tuple=True)[0]
+            logits = self.task_logits(x[rows], t, flat)
+            if out is None:
+                out = self._global(len(x), logits)
+            cls = torch.as_tensor(self.task_classes[t], device=x.device)
+            out[rows.unsqueeze(1), cls.unsqueeze(0)] = logits.to(out.dtype)
+        assert out is not None
+        return out
+
+    # ------------------------------------------------------------------ hooks
+    def before_experience(self, exp: Experience) -> None:
+        self.current = exp.task_id
+        if exp.task_id not in self.bn_stats and self._bn_init:
+            self.bn_stats[exp.task_id] = {k: v.clone() for k, v in self._bn_init.items()}
+        self._reg_gen = self.generator(exp.index, 104_729)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        # Embeddings of earlier tasks stay fixed: only the current one is learned.
+        return [*self.hnet.parameters(), self.embeddings[self.current]]
+
+    def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        ids = task_ids if task_ids is not None else x.new_full((len(x),), self.current).long()
+        return self._logits_with_ids(x, ids)
+
+    def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
+        old = [t for t in self.learned if t != self.current]
+        if self.config.beta == 0 or not old:
+            return None
+        k = self.config.reg_tasks_per_step
+        if k is not None and 0 < k < len(old):
+            pick = torch.randperm(len(old), generator=self._reg_gen)[:k]
+            old = [old[i] for i in pick.tolist()]
+        theta = None
+        if self.config.lookahead:
+            theta = self._lookahead(self.loss(logits, batch))
+        pred = self.generate(old, theta)
+        target = torch.stack([self.targets[t] for t in old])
+        return self.config.beta / len(old) * (pred.float() - target).pow(2).sum()
+
+    def after_experience(self, exp: Experience) -> None:
+        if exp.task_id not in self.learned:
+            self.learned.append(exp.task_id)
+        with torch.no_grad():  # theta*: targets for every learned task, recomputed now
+            flats = self.generate(self.learned).float()
+        self.targets = {t: f.clone() for t, f in zip(self.learned, flats, strict=True)}
+
+    def predict(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        if task_ids is not None:
+            return self._logits_with_ids(x, task_ids)
+        tasks, best, logits = self._infer(x)
+        out = self._global(len(x), logits[0])
+        for i, t in enumerate(tasks):
+            rows = (best == i).nonzero(as_tuple=True)[0]
+            cls = torch.as_tensor(self.task_classes[t], device=x.device)
+            out[rows.unsqueeze(1), cls.unsqueeze(0)] = logits[i][rows].to(out.dtype)
+        return out
+
+    # -------------------------------------------------------- task inference
+    def _infer(self, x: Tensor) -> tuple[list[int], Tensor, list[Tensor]]:
+        """Candidate tasks, index of the lowest-entropy one per sample, and their logits."""
+        tasks = self.learned or [self.current]
+        flats = self.generate(tasks)
+        logits = [self.task_logits(x, t, f).float() for t, f in zip(tasks, flats, strict=True)]
+        ent = torch.stack(
+            [-(F.softmax(z, 1) * F.log_softmax(z, 1)).sum(1) for z in logits]
+        )  # (tasks, n)
+        return tasks, ent.argmin(0), logits
+
+    @torch.inference_mode()
+    def infer_tasks(self, x: Tensor) -> Tensor:
+        """HNET+ENT: the task id of the lowest-entropy generated network, per sample."""
+        tasks, best, _ = self._infer(x)
+        return torch.as_tensor(tasks, device=x.device)[best]
+
+    def task_inference_accuracy(self, data: TensorData, batch_size: int = 1024) -> float:
+        """Fraction of ``data`` whose task :meth:`infer_tasks` gets right (in eval mode)."""
+        was_training = self.model.training
+        self.model.eval()
+        hits = sum(
+            int((self.infer_tasks(data.x[s : s + batch_size]) == data.t[s : s + batch_size]).sum())
+            for s in range(0, len(data), batch_size)
+        )
+        self.model.train(was_training)
+        return hits / max(len(data), 1)
+
+    # ------------------------------------------------------------- internals
+    def _lookahead(self, task_loss: Tensor) -> dict[str, Tensor]:
+        """``theta + dtheta`` with dtheta the (detached) SGD step of the task loss alone."""
+        names, params = zip(*self.hnet.named_parameters(), strict=True)
+        grads = torch.autograd.grad(task_loss, params, retain_graph=True, allow_unused=True)
+        lr = self.context.train.lr
+        theta = {n: b for n, b in self.hnet.named_buffers()}
+        for n, p, g in zip(names, params, grads, strict=True):
+            theta[n] = p if g is None else p - lr * g.detach()
+        return theta
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "hnet": self.hnet.state_dict(),
+            "embeddings": torch.stack([e.detach() for e in self.embeddings]).clone(),
+            "learned": list(self.learned),
+            "targets": {t: v.clone() for t, v in self.targets.items()},
+            "bn_stats": {t: {k: v.clone() for k, v in d.items()} for t, d in self.bn_stats.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.hnet.load_state_dict(state["hnet"])
+        with torch.no_grad():
+            for e, v in zip(self.embeddings, state["embeddings"], strict=True):
+                e.copy_(v)
+        self.learned = list(state["learned"])
+        self.targets = {int(t): v.to(self.device) for t, v in state["targets"].items()}
+        self.bn_stats = {
+            int(t): {k: v.to(self.device) for k, v in d.items()}
+            for t, d in state["bn_stats"].items()
+        }
+
+    def extra_state_bytes(self) -> int:
+        """Stored targets, the learned tasks' embeddings and their batch-norm statistics."""
+        nbytes = sum(v.numel() * v.element_size() for v in self.targets.values())
+        nbytes += sum(
+            self.embeddings[t].numel() * self.embeddings[t].element_size() for t in self.learned
+        )
+        nbytes += sum(
+            v.numel() * v.element_size() for d in self.bn_stats.values() for v in d.values()
+        )
+        return nbytes

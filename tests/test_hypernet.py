@@ -1,0 +1,254 @@
+"""Tests of the task-conditioned hypernetwork (HNET / HNET+ENT, von Oswald et al., ICLR 2020)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from cl.checkpoint import load_checkpoint
+from cl.config import build
+from cl.run import run_experiment
+from cl.streams.base import TensorData
+from tests.conftest import compose_cfg, needs_fmnist
+
+ADAM = ["train.optimizer=adam", "train.batch_size=64"]
+# Permuted Fashion-MNIST with task ids at test (task_il), subsampled to stay fast on a CPU.
+PFMNIST = [
+    "stream=permuted_fmnist",
+    "stream.scenario=task_il",
+    "stream.max_train_per_experience=1000",
+    "stream.max_test_per_experience=1000",
+    "model.hidden_sizes=[100,100]",
+    "train.epochs=5",
+    "train.lr=0.003",
+    *ADAM,
+]
+HNET = ["strategy=hypernet", "strategy.hidden_sizes=[10,10]", "strategy.beta=0.2"]
+# Compressive chunked hypernetwork: ~58k trainable parameters for a 89.6k-weight target.
+CHUNKED = [
+    "strategy=hypernet",
+    "strategy.hidden_sizes=[64,64]",
+    "strategy.chunk_size=700",
+    "strategy.chunk_emb_dim=32",
+    "strategy.emb_dim=32",
+    "strategy.beta=1.0",
+]
+# Tiny runs on the embedded digits for the invariants.
+DIGITS = [
+    "strategy=hypernet",
+    "strategy.hidden_sizes=[8,8]",
+    "train.epochs=2",
+    "train.lr=0.003",
+    *ADAM,
+]
+SPLIT = [
+    "stream=split_fmnist",
+    "stream.max_train_per_experience=2000",
+    "stream.max_test_per_experience=1000",
+    "model.hidden_sizes=[100,100]",
+    "train.epochs=3",
+    "train.lr=0.002",
+    *ADAM,
+]
+
+
+def _run(tmp: Path, *overrides: str) -> tuple[Any, Any]:
+    cfg = compose_cfg(["logger=none", "checkpoint.keep_all=true", *overrides])
+    return cfg, run_experiment(cfg, tmp)
+
+
+def _diag_mean(rec: Any) -> float:
+    r = rec.acc_matrix
+    return sum(r[i][i] for i in range(len(r))) / len(r)
+
+
+def _restored(cfg: Any, run_dir: Path) -> Any:
+    """Stream, model and strategy rebuilt from the run's last checkpoint (a state round-trip)."""
+    built = build(cfg)
+    ckpt = load_checkpoint(run_dir / "checkpoints")
+    assert ckpt is not None
+    built.strategy.load_state_dict(ckpt["strategy"])
+    return built
+
+
+# --------------------------------------------------------------- invariants (digits, fast)
+def test_generated_weights_run_the_model(tmp_path: Path) -> None:
+    """Loading h(e_t) into the model itself reproduces the strategy's logits for task t."""
+    b = build(compose_cfg(["logger=none", "strategy=hypernet", "stream=split_digits"]))
+    s, exp = b.strategy, b.stream[2]
+    s.model.eval()
+    x = exp.test.x[:50]
+    flat = s.generate([2])[0].detach()
+    w = s.spec.unflatten(flat)
+    model = copy.deepcopy(s.model)
+    model.backbone.load_state_dict({k: v for k, v in w.items() if not k.startswith("head.")})
+    ref = F.linear(model.backbone(x), w["head.weight"], w["head.bias"])
+    out = s.predict(x, torch.full((50,), 2))
+    assert torch.allclose(out[:, exp.classes], ref, atol=1e-5)
+    assert torch.isinf(out[:, [c for c in range(10) if c not in exp.classes]]).all()
+    # Generated weights have the size of a standard init, not of the raw hnet output.
+    first = w["0.weight"] if "0.weight" in w else w["1.weight"]
+    assert 0.3 * (2 / 64) ** 0.5 < first.std().item() < 3 * (2 / 64) ** 0.5
+
+
+def test_ledger_and_trainable_parameters(tmp_path: Path) -> None:
+    cfg, rec = _run(tmp_path, *DIGITS, "stream=permuted_digits", "model.hidden_sizes=[32]")
+    s = _restored(cfg, tmp_path).strategy
+    hnet = sum(p.numel() for p in s.hnet.parameters())
+    assert rec.budget.trainable_params == hnet + s.config.emb_dim  # hnet + current embedding
+    # The model's own parameters are never trained: they still equal a fresh build's init.
+    fresh = build(cfg).model.state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in s.model.state_dict().items())
+    n, t = s.spec.numel, len(s.learned)
+    assert t == 5 and rec.budget.extra_state_bytes == 4 * (t * n + t * s.config.emb_dim)
+
+
+def test_regulariser_keeps_old_outputs_and_lookahead_subset(tmp_path: Path) -> None:
+    """h(e_0) barely moves under the regulariser (with look-ahead and a task subset)."""
+    common = [
+        *DIGITS,
+        "stream=permuted_digits",
+        "stream.n_experiences=3",
+        "model.hidden_sizes=[32]",
+    ]
+    drift = {}
+    for beta in (1.0, 0.0):
+        d = tmp_path / f"b{beta}"
+        _run(
+            d,
+            *common,
+            f"strategy.beta={beta}",
+            "strategy.lookahead=true",
+            "strategy.reg_tasks_per_step=1",
+        )
+        first = torch.load(d / "checkpoints" / "exp0.pt", weights_only=False)["strategy"]
+        last = load_checkpoint(d / "checkpoints")
+        assert last is not None
+        t0, t_end = first["targets"][0], last["strategy"]["targets"][0]
+        drift[beta] = ((t_end - t0).norm() / t0.norm()).item()
+    print("relative drift of h(e_0):", drift)
+    assert drift[1.0] < 0.05
+    assert drift[0.0] > 5 * drift[1.0]
+
+
+def test_per_task_batch_norm_statistics(tmp_path: Path) -> None:
+    cfg, _ = _run(
+        tmp_path,
+        *DIGITS,
+        "stream=split_digits",
+        "stream.n_experiences=2",
+        "model=cnn",
+        "model.channels=[4]",
+        "model.hidden_size=16",
+        "model.batch_norm=true",
+    )
+    first = torch.load(tmp_path / "checkpoints" / "exp0.pt", weights_only=False)["strategy"]
+    s = _restored(cfg, tmp_path).strategy
+    mean = next(k for k in s.bn_stats[0] if k.endswith("running_mean"))
+    # Task 0's statistics were frozen while task 1 trained; task 1 has its own.
+    assert torch.equal(s.bn_stats[0][mean], first["bn_stats"][0][mean])
+    assert not torch.allclose(s.bn_stats[0][mean], s.bn_stats[1][mean])
+    assert s.extra_state_bytes() > 4 * 2 * s.spec.numel
+
+
+# ------------------------------------------------------- Fashion-MNIST criteria (slower)
+@pytest.fixture(scope="module")
+def pfmnist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    runs = {
+        "hnet": [*PFMNIST, *HNET],
+        "chunked": [*PFMNIST, *CHUNKED],
+        "beta0": [*PFMNIST, *HNET, "strategy.beta=0"],
+        "naive": [*PFMNIST, "strategy=naive"],
+    }
+    out = {}
+    for name, ov in runs.items():
+        d = tmp_path_factory.mktemp(name)
+        out[name] = (*_run(d, *ov), d)
+    return out
+
+
+@needs_fmnist
+def test_hnet_does_not_forget_permuted_fmnist(pfmnist: dict[str, Any]) -> None:
+    _, rec, _ = pfmnist["hnet"]
+    m = rec.metrics()
+    print(
+        f"hnet: avg_acc={m['avg_acc']:.4f} diag={_diag_mean(rec):.4f} "
+        f"forgetting={m['forgetting']:.4f}"
+    )
+    assert m["forgetting"] <= 0.02
+    assert abs(m["avg_acc"] - _diag_mean(rec)) <= 0.03
+    assert m["avg_acc"] > 0.65  # it learned every task (10 classes: chance is 0.1)
+
+
+@needs_fmnist
+def test_compressive_chunked_hnet(pfmnist: dict[str, Any]) -> None:
+    cfg, rec, d = pfmnist["chunked"]
+    target = _restored(cfg, d).strategy.spec.numel
+    m = rec.metrics()
+    print(
+        f"chunked: trainable={rec.budget.trainable_params} target={target} "
+        f"avg_acc={m['avg_acc']:.4f} forgetting={m['forgetting']:.4f}"
+    )
+    assert rec.budget.trainable_params < 0.8 * target
+    assert m["forgetting"] <= 0.03
+    assert m["avg_acc"] > 0.6
+
+
+@needs_fmnist
+def test_beta_zero_forgets_like_naive(pfmnist: dict[str, Any]) -> None:
+    f = {k: pfmnist[k][1].metrics()["forgetting"] for k in ("hnet", "beta0", "naive")}
+    print("forgetting:", {k: round(v, 4) for k, v in f.items()})
+    assert f["naive"] >= 0.08
+    # Without the regulariser it forgets like naive (neither far less nor far more) ...
+    assert 0.5 * f["naive"] <= f["beta0"] <= 1.5 * f["naive"]
+    # ... and far more than with it.
+    assert f["beta0"] >= f["hnet"] + 0.05 and f["beta0"] >= 4 * f["hnet"]
+
+
+@needs_fmnist
+def test_hnet_ent_beats_naive_without_task_ids(tmp_path: Path) -> None:
+    cfg, rec = _run(tmp_path / "hnet", *SPLIT, *HNET, "strategy.beta=0.05")
+    _, naive = _run(tmp_path / "naive", *SPLIT, "strategy=naive")
+    built = _restored(cfg, tmp_path / "hnet")
+    s, stream = built.strategy, built.stream
+    ti = [s.task_inference_accuracy(e.test) for e in stream]
+    all_test = TensorData.cat([e.test for e in stream])
+    ti_all = s.task_inference_accuracy(all_test)
+    hnet_acc, naive_acc = rec.metrics()["avg_acc"], naive.metrics()["avg_acc"]
+    print(
+        f"HNET+ENT avg_acc={hnet_acc:.4f} naive={naive_acc:.4f} task inference={ti_all:.4f} "
+        f"per task={[round(a, 3) for a in ti]}"
+    )
+    assert hnet_acc > naive_acc + 0.05
+    assert ti_all > 1 / len(stream) + 0.05  # better than guessing the task
+    # Class-IL accuracy is bounded by task inference: a sample needs its task right first.
+    assert all(a <= t + 1e-6 for a, t in zip(rec.acc_matrix[-1], ti, strict=True))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["hnet_permuted_mnist10", "hnet_split_mnist", "hnet_permuted_fmnist", "hnet_split_fmnist"],
+)
+def test_experiment_configs_compose(name: str) -> None:
+    from cl.config import to_dataclass
+    from strategies.hypernet import HypernetConfig
+
+    cfg = compose_cfg(["logger=none", f"experiment={name}"])
+    strat = to_dataclass(cfg.strategy, HypernetConfig, "strategy")
+    assert strat.name == "hypernet" and cfg.stream.name.endswith("fmnist")
+    if name == "hnet_permuted_mnist10":
+        assert cfg.stream.n_experiences == 10 and strat.chunk_size == 78000 and strat.lookahead
+
+
+@needs_fmnist
+def test_paper_config_smoke(tmp_path: Path) -> None:
+    """The Split MNIST paper settings (chunked, look-ahead) run end to end, shrunk by debug=fast."""
+    _, rec = _run(tmp_path, "experiment=hnet_split_mnist", "debug=fast")
+    assert rec.status == "complete"
+    assert all(math.isfinite(e["final_loss"]) for e in rec.per_experience)
