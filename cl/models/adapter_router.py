@@ -1,0 +1,255 @@
+"""Routing, access control and export for a bank of per-partition peft adapters.
+
+Used by the ``adapters`` strategy (AdapterSwap: Fleshman et al., "AdapterSwap: Continuous
+Training of LLMs with Data Removal and Access-Control Guarantees", 2024). Every partition keeps
+its own routing entry, fitted on its own frozen-backbone embeddings only, so removing a partition
+removes all of its influence on routing: the scores of the other partitions do not change.
+
+Routing entries:
+
+* ``gmm``: a Gaussian mixture per partition, up to ``components`` components per class (hard EM:
+  k-means within each class, then a full covariance per component, shrunk towards a scaled
+  identity by at least ``shrinkage`` and by the Ledoit-Wolf estimate, which is large in
+  few-shot partitions). A query's score is its log-likelihood under the partition's mixture.
+* ``prototypes``: k-means centres per class; the score is minus the squared distance to the
+  nearest centre.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ROUTERS = ("gmm", "prototypes")
+
+
+def kmeans(z: Tensor, k: int, *, generator: torch.Generator, iters: int = 25) -> Tensor:
+    """Cluster assignments of the rows of ``z`` into ``k`` clusters (Lloyd's algorithm)."""
+    k = max(1, min(k, len(z)))
+    centres = z[torch.randperm(len(z), generator=generator)[:k].to(z.device)].clone()
+    assign = torch.zeros(len(z), dtype=torch.long, device=z.device)
+    for _ in range(iters):
+        assign = torch.cdist(z, centres).argmin(dim=1)
+        for j in range(k):
+            members = z[assign == j]
+            if len(members):
+                centres[j] = members.mean(dim=0)
+    return assign
+
+
+def ledoit_wolf_shrinkage(x: Tensor) -> float:
+    """Ledoit-Wolf optimal shrinkage of the covariance of centred rows ``x`` towards
+    ``mu * I`` (Ledoit & Wolf, "A well-conditioned estimator for large-dimensional covariance
+    matrices", 2004)."""
+    n, d = x.shape
+    x2 = x**2
+    var = x2.sum(dim=0) / n
+    mu = var.sum() / d
+    beta_ = (x2.T @ x2).sum()
+    delta_ = ((x.T @ x) ** 2).sum() / n**2
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * var.sum() + d * mu**2) / d
+    if delta <= 0:
+        return 1.0
+    return float(torch.clamp(torch.minimum(beta, delta) / delta, 0.0, 1.0))
+
+
+@dataclass
+class RoutingEntry:
+    """One partition's embedding model: component means, Cholesky factors and log-weights."""
+
+    means: Tensor
+    chol: Tensor | None
+    log_weights: Tensor
+
+    def score(self, z: Tensor) -> Tensor:
+        """Log-likelihood (gmm) or minus nearest squared distance (prototypes) of each row."""
+        z = z.double()
+        if self.chol is None:
+            return -(torch.cdist(z, self.means) ** 2).min(dim=1).values
+        diff = (z.unsqueeze(0) - self.means.unsqueeze(1)).transpose(1, 2)  # (K, d, n)
+        sol = torch.linalg.solve_triangular(self.chol, diff, upper=False)
+        log_det = torch.log(torch.diagonal(self.chol, dim1=1, dim2=2)).sum(dim=1)
+        ll = -0.5 * (sol**2).sum(dim=1) - log_det.unsqueeze(1) + self.log_weights.unsqueeze(1)
+        return torch.logsumexp(ll, dim=0)
+
+    def state(self) -> dict[str, Tensor | None]:
+        return {"means": self.means, "chol": self.chol, "log_weights": self.log_weights}
+
+    def nbytes(self) -> int:
+        ts = [t for t in (self.means, self.chol, self.log_weights) if t is not None]
+        return sum(t.element_size() * t.nelement() for t in ts)
+
+
+def fit_entry(
+    z: Tensor,
+    y: Tensor,
+    *,
+    kind: str = "gmm",
+    components: int = 3,
+    shrinkage: float = 0.05,
+    generator: torch.Generator,
+) -> RoutingEntry:
+    """Fit one partition's routing entry on its embeddings ``z`` with class labels ``y``."""
+    if kind not in ROUTERS:
+        raise ValueError(f"unknown router {kind!r}; valid: {', '.join(ROUTERS)}")
+    z = z.double()
+    means, chols, counts = [], [], []
+    d = z.shape[1]
+    for c in torch.unique(y).tolist():
+        zc = z[y == c]
+        # A full covariance needs about d samples: few-shot classes get a single component.
+        k = components if kind == "prototypes" else min(components, max(1, len(zc) // d))
+        assign = kmeans(zc, k, generator=generator)
+        for j in torch.unique(assign).tolist():
+            members = zc[assign == j]
+            mu = members.mean(dim=0)
+            means.append(mu)
+            counts.append(len(members))
+            if kind == "gmm":
+                centred = members - mu
+                cov = centred.T @ centred / len(members)
+                lam = max(shrinkage, ledoit_wolf_shrinkage(centred)) if len(members) > 1 else 1.0
+                # Shrinkage keeps the covariance well conditioned when a component is small.
+                target = (cov.trace() / d).clamp_min(1e-6) * torch.eye(d, dtype=cov.dtype)
+                chols.append(torch.linalg.cholesky((1 - lam) * cov + lam * target))
+    n = torch.tensor(counts, dtype=torch.float64)
+    return RoutingEntry(
+        means=torch.stack(means),
+        chol=torch.stack(chols) if chols else None,
+        log_weights=torch.log(n / n.sum()),
+    )
+
+
+class PartitionRouter:
+    """Ranks partitions for a query by their routing entries, among those a caller may use."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, RoutingEntry] = {}
+
+    def add(self, name: str, entry: RoutingEntry) -> None:
+        self.entries[name] = entry
+
+    def remove(self, name: str) -> None:
+        self.entries.pop(name, None)
+
+    def scores(self, z: Tensor, names: Sequence[str]) -> Tensor:
+        """``(n, len(names))`` scores; each column depends on that partition's entry only."""
+        cols = [self.entries[nm].score(z.to("cpu")) for nm in names]
+        return torch.stack(cols, dim=1).to(z.device)
+
+    def route(
+        self, z: Tensor, names: Sequence[str], k: int, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """Top-``k`` partitions of each row (indices into ``names``) and their mixture weights.
+
+        Weights are the softmax of the top-``k`` scores divided by ``temperature`` (for ``gmm``
+        scores, the posterior over the chosen partitions with equal priors).
+        """
+        s = self.scores(z, names)
+        top = s.topk(min(k, len(names)), dim=1)
+        return top.indices, torch.softmax(top.values / temperature, dim=1)
+
+    @torch.no_grad()
+    def topk_accuracy(
+        self, data: Sequence[tuple[Tensor, str]], ks: Sequence[int] = (1, 3)
+    ) -> dict[int, float]:
+        """Fraction of queries (embeddings, owning partition) whose owner is in the top-k."""
+        names = list(self.entries)
+        hits, total = dict.fromkeys(ks, 0), 0
+        for z, owner in data:
+            order = self.scores(z, names).argsort(dim=1, descending=True)
+            own = names.index(owner)
+            for k in ks:
+                hits[k] += int((order[:, :k] == own).any(dim=1).sum())
+            total += len(z)
+        return {k: h / max(total, 1) for k, h in hits.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {nm: e.state() for nm, e in self.entries.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.entries = {nm: RoutingEntry(**s) for nm, s in state.items()}
+
+    def nbytes(self) -> int:
+        return sum(e.nbytes() for e in self.entries.values())
+
+
+def linear_names(module: nn.Module) -> list[str]:
+    """Names of every ``nn.Linear`` inside ``module`` (the default adapter targets)."""
+    return sorted(n for n, m in module.named_modules() if isinstance(m, nn.Linear))
+
+
+def adapter_config(
+    adapter_type: str, r: int, alpha: int, dropout: float, mora_type: int, targets: list[str]
+) -> Any:
+    """A peft ``LoraConfig`` for a LoRA or (with the MoRA registration) a MoRA adapter."""
+    from peft import LoraConfig
+
+    from cl.models.mora import mora_config
+
+    if adapter_type == "mora":
+        return mora_config(r, targets, mora_type, lora_dropout=dropout)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+
+
+def allowed(access: dict[str, set[str] | None], name: str, principal: str | None) -> bool:
+    """Whether ``principal`` may use adapter ``name`` (None principal: unrestricted owner;
+    a None or missing access set: public adapter)."""
+    members = access.get(name)
+    return principal is None or members is None or principal in members
+
+
+# ------------------------------------------------------------------------------------- export
+def export_adapter(
+    peft_model: Any, name: str, head: nn.Module, path: str | Path, meta: dict[str, Any]
+) -> Path:
+    """Save adapter ``name`` as a standard peft adapter directory ``path/name``.
+
+    The directory holds peft's ``adapter_config.json`` and weights, ``mora.json`` for MoRA
+    adapters, the adapter's classification head (``head.pt``) and ``partition.json`` (classes,
+    task id, allowed principals).
+    """
+    from cl.models.mora import save_mora_metadata
+
+    root = Path(path)
+    peft_model.save_pretrained(str(root), selected_adapters=[name])
+    out = root / name if name != "default" else root
+    save_mora_metadata(out, peft_model.peft_config[name])
+    torch.save(head.state_dict(), out / "head.pt")
+    (out / "partition.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def merge_adapter(
+    peft_model: Any, name: str, head: nn.Module, feature_dim: int, path: str | Path | None = None
+) -> nn.Module:
+    """A plain model (backbone with adapter ``name`` merged in, then ``head``); saved to
+    ``path/model.pt`` as a state dict (and with ``save_pretrained`` for HF backbones) when given.
+
+    The adapter bank is untouched: the merge runs on a copy.
+    """
+    from cl.models import CLModel
+
+    work = copy.deepcopy(peft_model)
+    work.base_model.set_adapter(name, inference_mode=True)
+    backbone = work.merge_and_unload(adapter_names=[name])
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    plain = CLModel(backbone, copy.deepcopy(head), feature_dim)
+    if path is not None:
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        torch.save(plain.state_dict(), root / "model.pt")
+        # HF backbones (the inner transformer of cl.models.hf) also get their own format.
+        inner: Any = getattr(backbone, "model", None)
+        if inner is not None and hasattr(inner, "save_pretrained"):
+            inner.save_pretrained(str(root / "backbone"))
+    return plain
