@@ -1,0 +1,183 @@
+"""Bridge: run any ``avalanche.training`` strategy under our evaluator, sinks and checkpoints.
+
+Lomonaco et al., "Avalanche: an End-to-End Library for Continual Learning", CVPR Workshops
+2021. Each of our experiences is converted to an Avalanche experience and handed to the
+Avalanche strategy's ``train``; evaluation, the accuracy matrices, the ledger and the sinks are
+ours, so results are directly comparable with our own strategies.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cl.errors import ConfigError, NonFiniteLossError
+from cl.strategy import ExperienceStats, Strategy, StrategyConfig, register_strategy
+from cl.streams.avalanche import to_avalanche_experience
+from cl.streams.base import Experience
+
+
+@dataclass
+class AvalancheBridgeConfig(StrategyConfig):
+    """Bridge settings.
+
+    The model, optimizer (``train.optimizer``, ``train.lr``, ...), batch size and epochs are
+    ours; the Avalanche strategy gets them as ``model``, ``optimizer``, ``train_mb_size``,
+    ``train_epochs`` and ``eval_mb_size``, plus cross-entropy as ``criterion``.
+
+    Attributes:
+        strategy_name: Class name in ``avalanche.training`` (``EWC``, ``SynapticIntelligence``,
+            ``AGEM``, ``DER``, ``GDumb``, ...).
+        kwargs: Keyword arguments of that class (e.g. ``{si_lambda: 1.0}``).
+        task_labels: Give task ids to Avalanche (null: only on task_il streams; otherwise
+            every sample has task 0, as in Avalanche's class-incremental benchmarks). Models are
+            called as ``model(x)``: a multi-head model then applies all its heads.
+    """
+
+    name: str = "avalanche"
+    strategy_name: str = "Naive"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    task_labels: bool | None = None
+
+
+def avalanche_strategy_class(name: str) -> type:
+    """The class ``avalanche.training.<name>``, or a ConfigError listing the valid names."""
+    import avalanche.training as avt
+    from avalanche.training.templates import BaseTemplate
+
+    cls = getattr(avt, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, BaseTemplate)):
+        valid = sorted(
+            n for n, c in vars(avt).items() if inspect.isclass(c) and issubclass(c, BaseTemplate)
+        )
+        raise ConfigError(f"unknown Avalanche strategy {name!r}; valid names: {', '.join(valid)}")
+    return cls
+
+
+@register_strategy("avalanche")
+class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
+    """Runs ``avalanche.training.<strategy_name>`` on each of our experiences."""
+
+    config_cls = AvalancheBridgeConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cls = avalanche_strategy_class(self.config.strategy_name)
+        self._av: Any = None
+        self._on_step: Callable[[int, int, Tensor], None] | None = None
+        self._steps = self._samples = self._sample_bytes = 0
+        self._loss_sum = torch.zeros(())
+
+    def _build(self) -> Any:
+        from avalanche.training.plugins import EvaluationPlugin
+
+        tc = self.context.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        args: dict[str, Any] = {
+            "model": self.model,
+            "optimizer": self.build_optimizer(params),
+            "criterion": nn.CrossEntropyLoss(),
+            "train_mb_size": tc.batch_size,
+            "train_epochs": tc.epochs,
+            "eval_mb_size": tc.eval_batch_size,
+            "device": self.device,
+            "evaluator": EvaluationPlugin(loggers=[]),  # our sinks log; Avalanche stays quiet
+            "plugins": [_step_plugin(self)],
+        }
+        sig = inspect.signature(self._cls.__init__).parameters
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.values())
+        args = {k: v for k, v in args.items() if k in sig or accepts_any}
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="No loggers specified")
+                return self._cls(**args, **dict(self.config.kwargs))
+        except TypeError as e:
+            raise ConfigError(f"cannot build Avalanche {self._cls.__name__}: {e}") from None
+
+    def train_experience(
+        self, exp: Experience, *, on_step: Callable[[int, int, Tensor], None] | None = None
+    ) -> ExperienceStats:
+        if self._av is None:
+            self._av = self._build()
+        info = self.context.stream
+        tl = (
+            info.scenario == "task_il"
+            if self.config.task_labels is None
+            else self.config.task_labels
+        )
+        av_exp = to_avalanche_experience(exp, info, task_labels=tl)
+        x0 = exp.train.x[0]  # type: ignore[union-attr]
+        self._sample_bytes = x0.element_size() * x0.nelement() + 16  # + label and task id
+        self._on_step, self._steps, self._samples = on_step, 0, 0
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._av.train(av_exp, eval_streams=[], num_workers=0)
+        self.model = self._av.model  # some strategies (GDumb) replace the model object
+        if not torch.isfinite(self._loss_sum):
+            raise NonFiniteLossError(
+                f"loss became non-finite while training experience {exp.index} "
+                f"with Avalanche {self._cls.__name__}"
+            )
+        return ExperienceStats(
+            index=exp.index,
+            steps=self._steps,
+            samples=self._samples,
+            final_loss=float(self._loss_sum) / max(self._steps, 1),
+            trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+        )
+
+    def predict(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        return self.model(x, task_ids)  # type: ignore[no-any-return]
+
+    def state_dict(self) -> dict[str, Any]:
+        # Avalanche strategies have no state_dict: only the model is resumable.
+        return {"model": self.model.state_dict()}
+
+    def extra_state_bytes(self) -> int:
+        """Tensors held by the Avalanche strategy's plugins (buffers, importances, copies)."""
+        if self._av is None:
+            return 0
+        seen: set[int] = {id(p) for p in self.model.parameters()}
+        per_sample = self._sample_bytes
+        held = [v for k, v in vars(self._av).items() if k.endswith(("storage_policy", "buffer"))]
+        return sum(_tensor_bytes(p, seen, 4, per_sample) for p in [*self._av.plugins, *held])
+
+
+def _step_plugin(bridge: AvalancheBridge) -> Any:
+    """A plugin forwarding each Avalanche training iteration to our progress callback."""
+    from avalanche.training.plugins import SupervisedPlugin
+
+    class StepPlugin(SupervisedPlugin):  # type: ignore[misc]
+        def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            loss = strategy.loss.detach().float().sum()
+            bridge._steps += 1
+            bridge._samples += len(strategy.mb_y)
+            bridge._loss_sum += loss
+            if bridge._on_step is not None:
+                bridge._on_step(bridge._steps, len(strategy.mb_y), loss)
+
+    return StepPlugin()
+
+
+def _tensor_bytes(obj: Any, seen: set[int], depth: int, per_sample: int) -> int:
+    if id(obj) in seen or depth < 0:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.utils.data.Dataset):  # a buffer: a subset of a dataset
+        return len(obj) * per_sample  # type: ignore[arg-type]
+    if isinstance(obj, Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, nn.Module):
+        return sum(_tensor_bytes(t, seen, depth, per_sample) for t in obj.state_dict().values())
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen, depth - 1, per_sample) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v, seen, depth - 1, per_sample) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return sum(_tensor_bytes(v, seen, depth - 1, per_sample) for v in vars(obj).values())
+    return 0

@@ -1,0 +1,314 @@
+"""Elastic Weight Consolidation (EWC) and online EWC.
+
+Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks", PNAS 2017;
+online EWC: Schwarz et al., "Progress & Compress: A scalable framework for continual
+learning", ICML 2018 (see also Huszár, "Note on the quadratic penalties in elastic weight
+consolidation", PNAS 2018). On Fisher estimators: van de Ven, "On the Computation of the
+Fisher Information in Continual Learning", ICLR Blogposts 2025.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jacrev, vmap
+from torch.nn import functional as F
+
+from cl.errors import ConfigError
+from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
+from cl.streams.base import Experience, TensorData
+
+ESTIMATORS = ("exact", "sampled", "empirical", "batched")
+
+
+@dataclass
+class EWCConfig(StrategyConfig):
+    """EWC settings.
+
+    The penalty added to the task loss is ``(ewc_lambda / 2) * sum_i F_i (theta_i - theta*_i)^2``
+    (the paper's 1/2 convention), summed over every earlier experience in ``separate`` mode.
+    Avalanche's EWC adds ``lambda * sum F (theta - theta*)^2`` (no 1/2): its lambda is half of
+    ``ewc_lambda`` here. F is a mean over samples (over minibatches for ``batched``).
+
+    Attributes:
+        ewc_lambda: Penalty strength (0 turns the penalty off: naive fine-tuning).
+        mode: ``separate``: one penalty per earlier experience, each with its own Fisher and
+            anchor. ``online``: a single penalty with the running Fisher
+            ``F* <- gamma * F* + F_t`` anchored at the latest parameters (online EWC).
+        gamma: Decay of the running Fisher in online mode (1: plain sum).
+        estimator: How the diagonal Fisher is estimated after each experience:
+            ``exact``: expectation over the model's own predictive distribution,
+            ``mean_x sum_c p(c|x) (d log p(c|x))^2`` (the true Fisher; costs one backward per
+            class, vmapped); ``sampled``: one label per sample drawn from ``p(.|x)`` (unbiased
+            Monte-Carlo estimate of the exact one, one backward); ``empirical``: the true labels;
+            ``batched``: the squared gradient of the minibatch-mean loss, averaged over
+            minibatches of ``train.batch_size`` (Avalanche's estimate; it shrinks with the
+            batch size and is not a per-sample Fisher).
+        fisher_method: ``auto``: closed form for ``nn.Linear`` layers on 2-D inputs (the
+            per-sample squared gradient of ``W`` is ``delta^2 a^2``, summed with one matmul),
+            ``torch.func`` per-sample gradients (``vmap(grad)``) otherwise; ``vmap``: always
+            ``torch.func``. Both give the same Fisher.
+        fisher_batch_size: Samples per chunk of the Fisher pass (bounds its memory).
+        fisher_max_samples: Estimate the Fisher on a random subset of this many training
+            samples (null: all of them).
+    """
+
+    name: str = "ewc"
+    ewc_lambda: float = 100.0
+    mode: str = "separate"
+    gamma: float = 1.0
+    estimator: str = "exact"
+    fisher_method: str = "auto"
+    fisher_batch_size: int = 512
+    fisher_max_samples: int | None = None
+
+
+@register_strategy("ewc")
+class EWC(Strategy[EWCConfig]):
+    """EWC with separate penalties per experience or online (decayed running Fisher).
+
+    Separate penalties are stored merged: ``sum_k F_k (theta - theta_k)^2`` equals
+    ``A (theta - m)^2 + const`` with ``A = sum_k F_k`` and ``m = sum_k F_k theta_k / A``, so the
+    per-step cost and the memory do not grow with the number of experiences.
+    """
+
+    config_cls = EWCConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        c = self.config
+        if c.mode not in ("separate", "online"):
+            raise ConfigError(f"strategy.mode must be separate or online, got {c.mode!r}")
+        if c.estimator not in ESTIMATORS:
+            raise ConfigError(
+                f"strategy.estimator must be one of {ESTIMATORS}, got {c.estimator!r}"
+            )
+        if c.fisher_method not in ("auto", "vmap"):
+            raise ConfigError(
+                f"strategy.fisher_method must be auto or vmap, got {c.fisher_method!r}"
+            )
+        if c.ewc_lambda < 0 or not 0 <= c.gamma <= 1:
+            raise ConfigError("strategy.ewc_lambda must be >= 0 and strategy.gamma in [0, 1]")
+        self.importance: dict[str, Tensor] = {}  # A: summed (or decayed) Fisher
+        self.anchor: dict[str, Tensor] = {}  # m: Fisher-weighted mean of the anchors
+        self._terms: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+
+    # ------------------------------------------------------------------ penalty
+    def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
+        if not self.importance:
+            return None
+        if self._terms is None:
+            named = dict(self.model.named_parameters())
+            keys = [n for n in self.importance if n in named]
+            self._terms = (
+                [named[n] for n in keys],
+                [self.importance[n] for n in keys],
+                [self.anchor[n] for n in keys],
+            )
+        params, imp, anchor = self._terms
+        return _Quadratic.apply(0.5 * self.config.ewc_lambda, imp, anchor, *params)
+
+    def after_experience(self, exp: Experience) -> None:
+        fisher = self.fisher(exp)
+        params = {n: p.detach().float() for n, p in self.model.named_parameters() if n in fisher}
+        for n, f in fisher.items():
+            if n not in self.importance or self.config.mode == "online":
+                old = self.importance.get(n, torch.zeros_like(f)) * self.config.gamma
+                self.importance[n], self.anchor[n] = old + f, params[n].clone()
+            else:
+                a_old, m_old = self.importance[n], self.anchor[n]
+                a_new = a_old + f
+                m_new = (a_old * m_old + f * params[n]) / a_new.clamp_min(1e-30)
+                self.importance[n] = a_new
+                self.anchor[n] = torch.where(a_new > 0, m_new, params[n])
+        self._terms = None  # the cached penalty terms point at the old tensors
+
+    # ------------------------------------------------------------------- Fisher
+    def fisher(self, exp: Experience) -> dict[str, Tensor]:
+        """Diagonal Fisher of the trainable parameters on ``exp.train`` (see the config)."""
+        if not isinstance(exp.train, TensorData):
+            raise ConfigError("ewc needs in-memory (tensor) experiences")
+        data, c = exp.train, self.config
+        if c.fisher_max_samples is not None and c.fisher_max_samples < len(data):
+            idx = torch.randperm(len(data), generator=self.generator(exp.index, 77))
+            data = data.subset(idx[: c.fisher_max_samples].sort().values.to(data.x.device))
+        ids = {id(p) for p in self.trainable_parameters()}
+        names = [n for n, p in self.model.named_parameters() if id(p) in ids]
+        was_training = self.model.training
+        self.model.eval()  # dropout off, batch-norm statistics frozen: the model being kept
+        try:
+            if c.estimator == "batched":
+                out = self._fisher_batched(data, names)
+            else:
+                out = self._fisher_per_sample(data, names, exp.index)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _chunks(self, data: TensorData, bs: int) -> Iterator[Batch]:
+        return self.iterate(data, epoch=0, exp_index=0, batch_size=bs, shuffle=False)
+
+    def _fisher_batched(self, data: TensorData, names: list[str]) -> dict[str, Tensor]:
+        params = dict(self.model.named_parameters())
+        out = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+        n_batches = 0
+        for b in self._chunks(data, self.context.train.batch_size):
+            loss = F.cross_entropy(self.model(b.x, b.task_ids).float(), b.y)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+            for n, g in zip(names, grads, strict=True):
+                if g is not None:
+                    out[n] += g.float().pow(2)
+            n_batches += 1
+        return {n: f / max(n_batches, 1) for n, f in out.items()}
+
+    def _fisher_per_sample(
+        self, data: TensorData, names: list[str], exp_index: int
+    ) -> dict[str, Tensor]:
+        params = dict(self.model.named_parameters())
+        out = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+        gen = self.generator(exp_index, 78)
+        for b in self._chunks(data, self.config.fisher_batch_size):
+            labels = None  # exact: expectation over every class
+            if self.config.estimator == "empirical":
+                labels = b.y
+            elif self.config.estimator == "sampled":
+                with torch.no_grad():
+                    probs = self.model(b.x, b.task_ids).float().softmax(-1).cpu()
+                labels = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(b.y.device)
+            done = False
+            if self.config.fisher_method == "auto":
+                done = _linear_fisher(self.model, names, b, labels, out)
+            if not done:
+                _vmap_fisher(self.model, names, b, labels, out)
+        return {n: f / len(data) for n, f in out.items()}
+
+    # ------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "importance": self.importance, "anchor": self.anchor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.importance = {k: v.to(self.device) for k, v in state["importance"].items()}
+        self.anchor = {k: v.to(self.device) for k, v in state["anchor"].items()}
+        self._terms = None
+
+    def extra_state_bytes(self) -> int:
+        return sum(
+            t.element_size() * t.nelement()
+            for d in (self.importance, self.anchor)
+            for t in d.values()
+        )
+
+
+class _Quadratic(torch.autograd.Function):
+    """``c * sum_i A_i (p_i - m_i)^2`` and its gradient ``2 c A (p - m)`` in a few fused
+    multi-tensor ops: the per-step cost of the penalty stays a small fraction of a step."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, c: float, imp: list[Tensor], anchor: list[Tensor], *params: Tensor
+    ) -> Tensor:
+        diff = torch._foreach_sub([p.detach().float() for p in params], anchor)
+        weighted = torch._foreach_mul(diff, imp)
+        ctx.save_for_backward(*weighted)
+        ctx.c = c
+        dots = [torch.dot(w.flatten(), d.flatten()) for w, d in zip(weighted, diff, strict=True)]
+        return c * torch.stack(dots).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        grads = torch._foreach_mul(list(ctx.saved_tensors), grad_out * (2.0 * ctx.c))
+        return (None, None, None, *grads)
+
+
+def _log_probs(logits: Tensor) -> Tensor:
+    return logits.float().log_softmax(-1)
+
+
+def _linear_fisher(
+    model: nn.Module, names: list[str], b: Batch, labels: Tensor | None, out: dict[str, Tensor]
+) -> bool:
+    """Per-sample squared gradients of ``nn.Linear`` layers in closed form; False if N/A.
+
+    For a linear layer on 2-D inputs, sample n's weight gradient is ``delta_n a_n^T``, so the
+    sum of its squares over samples is ``(delta^2)^T (a^2)``: one matmul per layer. The
+    per-sample output gradients ``delta`` come from one backward of the summed loss (samples
+    are independent in eval mode), or one vmapped backward per class for the exact Fisher.
+    """
+    owner: dict[str, tuple[nn.Linear, str]] = {}
+    for mname, mod in model.named_modules():
+        for pname, _ in mod.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if full in names:
+                if not isinstance(mod, nn.Linear):
+                    return False
+                owner[full] = (mod, pname)
+    seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {}
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], output: Tensor) -> None:
+        seen.setdefault(mod, []).append((inp[0].detach(), output))  # type: ignore[arg-type]
+
+    mods = {m for m, _ in owner.values()}
+    handles = [m.register_forward_hook(hook) for m in mods]
+    try:
+        with torch.enable_grad():
+            logp = _log_probs(model(b.x, b.task_ids))
+    finally:
+        for h in handles:
+            h.remove()
+    if any(len(v) != 1 or v[0][0].dim() != 2 for v in seen.values()) or set(seen) != mods:
+        return False  # a layer used twice, on sequences, or not at all: use torch.func
+    mod_list = list(seen)
+    outputs = [seen[m][0][1] for m in mod_list]
+    if labels is not None:
+        deltas = torch.autograd.grad(-logp.gather(1, labels[:, None]).sum(), outputs)
+        sq = [d.float().pow(2) for d in deltas]
+    else:
+        n_cls = logp.shape[1]
+        probs = logp.detach().exp()
+        eye = torch.eye(n_cls, device=logp.device).unsqueeze(1).expand(n_cls, *logp.shape)
+        deltas = torch.autograd.grad(logp, outputs, grad_outputs=eye, is_grads_batched=True)
+        # sum_c p_c delta_c^2 for each sample (probs are (N, C), deltas (C, N, out)).
+        sq = [torch.einsum("nc,cno->no", probs, d.float().pow(2)) for d in deltas]
+    by_mod = dict(zip(mod_list, sq, strict=True))
+    for full, (mod, pname) in owner.items():
+        s = by_mod[mod]
+        a = seen[mod][0][0].float()
+        out[full] += s.T @ a.pow(2) if pname == "weight" else s.sum(0)
+    return True
+
+
+def _vmap_fisher(
+    model: nn.Module, names: list[str], b: Batch, labels: Tensor | None, out: dict[str, Tensor]
+) -> None:
+    """Per-sample squared gradients with ``torch.func`` (functional_call + vmap(grad))."""
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    rest = {n: p.detach() for n, p in model.named_parameters() if n not in params}
+    rest.update(dict(model.named_buffers()))
+    # Task ids enter as a plain tensor per chunk: heads pick rows by value, which vmap cannot
+    # trace, so chunks are split by task id.
+    groups = [None] if b.task_ids is None else torch.unique(b.task_ids).tolist()
+    for t in groups:
+        rows = slice(None) if t is None else (b.task_ids == t).nonzero(as_tuple=True)[0]
+        tids = None if t is None else torch.full((1,), t, device=b.x.device)
+
+        def logp_one(p: dict[str, Tensor], x: Tensor, tids: Tensor | None = tids) -> Tensor:
+            return _log_probs(functional_call(model, (p, rest), (x.unsqueeze(0), tids)))[0]
+
+        x = b.x[rows]
+        if labels is not None:
+            nll = lambda p, x, y: -logp_one(p, x).gather(0, y.view(1)).sum()  # noqa: E731
+            g = vmap(grad(nll), in_dims=(None, 0, 0))(params, x, labels[rows])
+            for n in names:
+                out[n] += g[n].float().pow(2).sum(0)
+        else:
+            with torch.no_grad():
+                probs = vmap(logp_one, in_dims=(None, 0))(params, x).exp()
+            jac = vmap(jacrev(logp_one), in_dims=(None, 0))(params, x)  # (N, C, *shape)
+            for n in names:
+                j2 = jac[n].float().pow(2).flatten(2)
+                out[n] += torch.einsum("nc,ncp->p", probs, j2).view_as(out[n])

@@ -1,0 +1,112 @@
+"""Learning without Forgetting (LwF): distil the previous model's outputs on the new data.
+
+Li & Hoiem, "Learning without Forgetting", ECCV 2016 / TPAMI 2018; distillation with a
+temperature from Hinton et al., "Distilling the Knowledge in a Neural Network", 2015.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from cl.errors import ConfigError
+from cl.models.heads import MultiHead
+from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
+from cl.streams.base import Experience
+
+
+@dataclass
+class LwFConfig(StrategyConfig):
+    """LwF settings.
+
+    The loss is ``CE + alpha * s * KL(softmax(z_old / T) || softmax(z / T))`` averaged over
+    the batch, where ``z_old`` are the teacher's logits (the model as it was after the
+    previous experience, frozen, in eval mode) and ``s`` is ``T^2`` when ``t2_scaling`` else 1.
+    The KL runs over the logits of classes seen before (class_il, domain_il); in task_il it
+    runs per earlier task over that task's classes (its head) and is summed over tasks.
+
+    Attributes:
+        alpha: Weight of the distillation term (0: naive fine-tuning).
+        temperature: Softmax temperature T.
+        t2_scaling: Multiply the distillation term by T^2 (Hinton et al.) so its gradient
+            scale does not depend on T. Off by default, as in the paper and Avalanche.
+    """
+
+    name: str = "lwf"
+    alpha: float = 1.0
+    temperature: float = 2.0
+    t2_scaling: bool = False
+
+
+@register_strategy("lwf")
+class LwF(Strategy[LwFConfig]):
+    """Knowledge distillation from a frozen copy of the model taken after each experience."""
+
+    config_cls = LwFConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.config.temperature <= 0 or self.config.alpha < 0:
+            raise ConfigError("strategy.temperature must be > 0 and strategy.alpha >= 0")
+        self.teacher: nn.Module | None = None
+        self.old_tasks: list[int] = []  # task ids trained on before the current experience
+
+    def after_experience(self, exp: Experience) -> None:
+        teacher = copy.deepcopy(self.model)
+        teacher.eval()  # dropout off and batch-norm statistics fixed: the model that was kept
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher = teacher
+        if exp.task_id not in self.old_tasks:
+            self.old_tasks.append(exp.task_id)
+
+    def _groups(self) -> list[list[int]]:
+        """Class groups the KL runs over: one per earlier task in task_il, else one."""
+        info = self.context.stream
+        if info.scenario == "task_il":
+            return [info.task_classes[t] for t in self.old_tasks]
+        return [sorted({c for t in self.old_tasks for c in info.task_classes[t]})]
+
+    def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
+        if self.teacher is None:
+            return None
+        # A multi-head model computes old heads only without task ids (all heads at once).
+        multi = isinstance(getattr(self.model, "head", None), MultiHead)
+        with torch.no_grad():
+            old = self.teacher(batch.x, None if multi else batch.task_ids).float()
+        new = self.forward(batch.x, None).float() if multi else logits.float()
+        t = self.config.temperature
+        loss = new.new_zeros(())
+        for classes in self._groups():
+            idx = torch.as_tensor(classes, device=new.device)
+            log_p = F.log_softmax(new[:, idx] / t, dim=1)
+            q = F.softmax(old[:, idx] / t, dim=1)
+            loss = loss + F.kl_div(log_p, q, reduction="batchmean")
+        scale = t * t if self.config.t2_scaling else 1.0
+        return self.config.alpha * scale * loss
+
+    def state_dict(self) -> dict[str, Any]:
+        teacher = None if self.teacher is None else self.teacher.state_dict()
+        return {**super().state_dict(), "teacher": teacher, "old_tasks": list(self.old_tasks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.old_tasks = list(state["old_tasks"])
+        self.teacher = None
+        if state["teacher"] is not None:
+            teacher = copy.deepcopy(self.model)
+            teacher.load_state_dict(state["teacher"])
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self.teacher = teacher
+
+    def extra_state_bytes(self) -> int:
+        if self.teacher is None:
+            return 0
+        return sum(t.element_size() * t.nelement() for t in self.teacher.state_dict().values())
