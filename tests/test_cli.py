@@ -29,7 +29,10 @@ def _no_traceback(p: subprocess.CompletedProcess) -> None:
 @pytest.mark.parametrize(
     ("group", "names"),
     [
-        ("stream", ["split_digits", "permuted_digits", "split_fmnist", "permuted_fmnist"]),
+        (
+            "stream",
+            ["split_digits", "permuted_digits", "split_fmnist", "permuted_fmnist", "split_mnist"],
+        ),
         ("strategy", ["naive", "joint"]),
         ("model", ["mlp", "cnn"]),
     ],

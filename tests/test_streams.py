@@ -82,3 +82,11 @@ def test_missing_fmnist_says_how_to_get_it(tmp_path):
     cfg = SplitStreamConfig(name="split_fmnist", data_root=str(tmp_path), download=False)
     with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
         split_fmnist(cfg)
+
+
+def test_mnist_offline_says_what_to_do(tmp_path):
+    from cl.streams.vision import split_mnist
+
+    cfg = SplitStreamConfig(name="split_mnist", data_root=str(tmp_path), download=False)
+    with pytest.raises(DataNotFoundError, match="MNIST not found"):
+        split_mnist(cfg)

@@ -6,7 +6,7 @@ Data stays as tensors (moved to the run's device by the runner), so batches are 
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,12 @@ class VisionStreamConfig:
         max_train_per_experience: Subsample each experience's train set (smoke tests).
         max_test_per_experience: Subsample each experience's test set.
         subsample_seed: Seed of that subsampling.
+        max_experiences: Keep only the first k experiences (a tuning window for sweeps); the
+            class partition is still that of ``n_experiences``.
+        validation: Replace each experience's test data by a held-out part of its training
+            data, so hyperparameter searches never see the test sets.
+        validation_fraction: Fraction of each experience's training data held out.
+        validation_seed: Seed of the held-out split.
     """
 
     name: str = MISSING
@@ -56,6 +62,10 @@ class VisionStreamConfig:
     max_train_per_experience: int | None = None
     max_test_per_experience: int | None = None
     subsample_seed: int = 0
+    max_experiences: int | None = None
+    validation: bool = False
+    validation_fraction: float = 0.2
+    validation_seed: int = 0
 
 
 @dataclass
@@ -169,6 +179,32 @@ def _subsample(data: TensorData, n: int | None, gen: torch.Generator) -> TensorD
     return data.subset(idx)
 
 
+def tuning_window(cfg: VisionStreamConfig, exps: list[Experience]) -> list[Experience]:
+    """Apply ``max_experiences`` and ``validation``: what a hyperparameter search may see."""
+    if cfg.max_experiences is not None:
+        if cfg.max_experiences <= 0:
+            raise ConfigError(f"stream.max_experiences must be positive, got {cfg.max_experiences}")
+        exps = exps[: cfg.max_experiences]
+    if not cfg.validation:
+        return exps
+    if not 0.0 < cfg.validation_fraction < 1.0:
+        raise ConfigError(
+            f"stream.validation_fraction must be in (0, 1), got {cfg.validation_fraction}"
+        )
+    gen = torch.Generator().manual_seed(cfg.validation_seed)
+    out = []
+    for e in exps:
+        assert isinstance(e.train, TensorData)
+        n = len(e.train)
+        n_val = max(1, round(n * cfg.validation_fraction))
+        if n_val >= n:
+            raise ConfigError(f"experience {e.index} has too few samples ({n}) to hold some out")
+        perm = torch.randperm(n, generator=gen)
+        val, keep = perm[:n_val].sort().values, perm[n_val:].sort().values
+        out.append(replace(e, train=e.train.subset(keep), test=e.train.subset(val)))
+    return out
+
+
 def _check_scenario(cfg: VisionStreamConfig, allowed: tuple[str, ...]) -> None:
     if cfg.scenario not in allowed:
         raise ConfigError(
@@ -216,7 +252,7 @@ def split_stream(
         name=cfg.name,
         scenario=cfg.scenario,
         n_classes=n_classes,
-        experiences=exps,
+        experiences=tuning_window(cfg, exps),
         modality="vision",
         input_shape=shape,
         has_task_ids=cfg.task_labels or cfg.scenario == "task_il",
@@ -256,7 +292,7 @@ def permuted_stream(
         name=cfg.name,
         scenario=cfg.scenario,
         n_classes=n_classes,
-        experiences=exps,
+        experiences=tuning_window(cfg, exps),
         modality="vision",
         input_shape=shape,
         has_task_ids=cfg.task_labels or cfg.scenario == "task_il",
@@ -285,3 +321,71 @@ def split_fmnist(cfg: SplitStreamConfig) -> Stream:
 def permuted_fmnist(cfg: PermutedStreamConfig) -> Stream:
     """Fashion-MNIST under per-experience pixel permutations."""
     return permuted_stream(cfg, load_fmnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
+
+
+# MNIST (LeCun et al.) normalisation constants.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def _read_idx_any(base: Path, header: int) -> np.ndarray:
+    """An idx file, gzipped (``.gz``) or not (torchvision keeps both)."""
+    gz = base.with_name(base.name + ".gz")
+    if gz.exists():
+        return _read_idx(gz, header)
+    return np.frombuffer(base.read_bytes(), dtype=np.uint8, offset=header)
+
+
+def load_mnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
+    """MNIST via torchvision in ``data_root`` (default ``~/.cache/cl-platform/data``)."""
+    root = Path(data_root) if data_root else Path.home() / ".cache" / "cl-platform" / "data"
+    raw = root / "MNIST" / "raw"
+    present = lambda d: all(  # noqa: E731
+        (d / f).exists() or (d / f"{f}.gz").exists() for f in MNIST_FILES.values()
+    )
+    folder = next((d for d in (root, raw) if present(d)), None)
+    if folder is None:
+        if not download:
+            raise DataNotFoundError(
+                f"MNIST not found in {root}; set stream.download=true (needs internet) or copy "
+                "its idx files there. MNIST has no offline package: the offline streams are "
+                "split_digits/permuted_digits and the Fashion-MNIST ones."
+            )
+        try:
+            from torchvision.datasets import MNIST
+
+            MNIST(str(root), train=True, download=True)
+            MNIST(str(root), train=False, download=True)
+        except Exception as e:  # network, permissions, ...
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataNotFoundError(
+                f"MNIST is not in {root} and downloading it failed ({why}); it needs internet "
+                "once. Offline, use split_digits/permuted_digits or the Fashion-MNIST streams."
+            ) from None
+        folder = raw
+
+    def images(name: str) -> Tensor:
+        a = _read_idx_any(folder / MNIST_FILES[name], 16).reshape(-1, 1, 28, 28)
+        return (torch.from_numpy(a.astype(np.float32)) / 255.0 - MNIST_MEAN) / MNIST_STD
+
+    def labels(name: str) -> Tensor:
+        return torch.from_numpy(_read_idx_any(folder / MNIST_FILES[name], 8).astype(np.int64))
+
+    return images("train_x"), labels("train_y"), images("test_x"), labels("test_y")
+
+
+@register_stream("split_mnist", SplitStreamConfig)
+def split_mnist(cfg: SplitStreamConfig) -> Stream:
+    """MNIST split into experiences of classes (default 5 x 2); downloads when online."""
+    return split_stream(cfg, load_mnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
+
+
+@register_stream("permuted_mnist", PermutedStreamConfig)
+def permuted_mnist(cfg: PermutedStreamConfig) -> Stream:
+    """MNIST under per-experience pixel permutations; downloads when online."""
+    return permuted_stream(cfg, load_mnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
