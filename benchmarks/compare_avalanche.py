@@ -48,7 +48,12 @@ def _compose(overrides: list[str]) -> Any:
 def _ours(method: str, hp: dict[str, float]) -> list[str]:
     return {
         "naive": ["strategy=naive"],
-        "ewc": ["strategy=ewc", "strategy.estimator=batched", f"strategy.ewc_lambda={hp['ewc']}"],
+        "ewc": [
+            "strategy=ewc",
+            "strategy.estimator=batched",
+            "strategy.fisher_max_samples=null",  # Avalanche uses every sample
+            f"strategy.ewc_lambda={hp['ewc']}",
+        ],
         "lwf": ["strategy=lwf", f"strategy.alpha={hp['alpha']}", "strategy.temperature=2"],
         "replay": [
             "strategy=replay",
