@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
 from cl.errors import ConfigError
@@ -35,9 +34,11 @@ from cl.models.adapter_router import (
     merge_adapter,
 )
 from cl.models.heads import MultiHead
-from cl.models.mora import MORA_TYPES
 from cl.strategy import ExperienceStats, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
+
+# Same as cl.models.mora.MORA_TYPES (kept here: that module imports peft, which is slow).
+MORA_TYPES = (1, 6)
 
 
 @dataclass
@@ -125,7 +126,7 @@ class Adapters(Strategy[AdaptersConfig]):
         self._targets: list[str] | None = None
 
     # ------------------------------------------------------------ adapter bank
-    def _peft_config(self) -> LoraConfig:
+    def _peft_config(self) -> Any:
         if self._targets is None:  # resolved on the plain backbone, before peft wraps it
             self._targets = list(self.config.target_modules) or linear_names(self.model.backbone)
         c = self.config
@@ -148,6 +149,8 @@ class Adapters(Strategy[AdaptersConfig]):
                 bb = self.model.backbone
                 shared = {id(t): t for t in [*bb.parameters(), *bb.buffers()]}
                 shell = copy.deepcopy(bb, memo=shared)
+                from peft import get_peft_model  # heavy: imported only when used
+
                 self.peft = get_peft_model(shell, cfg, adapter_name=name)
             else:
                 self.peft.add_adapter(name, cfg)

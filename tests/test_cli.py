@@ -101,3 +101,15 @@ def test_report_without_runs(tmp_path):
         timeout=60,
     )
     assert p.returncode == 0 and "no runs" in p.stdout
+
+
+def test_composing_a_config_imports_no_heavy_library():
+    """Strategy/model/stream modules keep peft, transformers, timm and avalanche imports lazy,
+    so cl-run starts (and reports config errors) quickly."""
+    code = (
+        "import sys; from cl.config import register_configs; register_configs(); "
+        "heavy = [m for m in ('peft', 'transformers', 'timm', 'avalanche') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr

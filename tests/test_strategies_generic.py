@@ -14,27 +14,40 @@ from cl.config import build
 from cl.run import run_experiment
 from cl.strategy import list_strategies
 
-# Strategy-specific overrides (stream, model, small settings); default: split_digits + mlp.
-SETUP: dict[str, list[str]] = {
-    "l2p": [
-        "model=vit",
-        "model.img_size=8",
-        "model.patch_size=4",
-        "model.depth=1",
-        "model.embed_dim=32",
-        "model.num_heads=2",
-    ],
-}
-BASE = [
+# Strategy-specific setups; default: split_digits + mlp, shrunk.
+VISION = [
     "stream.max_train_per_experience=120",
     "stream.max_test_per_experience=60",
     "stream.n_experiences=3",
     "train.epochs=1",
 ]
+TEXT = [
+    "stream=text_offline",
+    "model=hf_encoder",
+    "stream.max_len=16",
+    "stream.k_shot=2",
+    "stream.max_test_per_class=3",
+    "train.epochs=1",
+    "train.optimizer=adam",
+]
+TINY_VIT = [
+    "model=vit",
+    "model.img_size=8",
+    "model.patch_size=4",
+    "model.depth=1",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+]
+SETUP: dict[str, list[str]] = {
+    "l2p": [*VISION, *TINY_VIT],
+    "prompt_tuning": TEXT,
+    "progprompt": TEXT,
+    "qtuning": [*TEXT, "strategy.capacity=2"],
+}
 
 
 def overrides(name: str) -> list[str]:
-    return [f"strategy={name}", *BASE, *SETUP.get(name, [])]
+    return [f"strategy={name}", *SETUP.get(name, VISION)]
 
 
 @pytest.fixture(params=list_strategies())
