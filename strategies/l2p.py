@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cl.errors import ConfigError
-from cl.models.prompting import PromptableBackbone
+from cl.models.prompting import PromptableBackbone, frozen_promptable
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
 
@@ -83,11 +83,7 @@ class L2P(Strategy[L2PConfig]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         c = self.config
-        backbone = getattr(self.model, "backbone", None)
-        if not isinstance(backbone, PromptableBackbone):
-            raise ConfigError(
-                "strategy 'l2p' needs a transformer backbone: model=vit or model=hf_encoder"
-            )
+        backbone = frozen_promptable(self.model, self.name)
         if not 1 <= c.top_k <= c.pool_size or c.prompt_length < 1:
             raise ConfigError(
                 "l2p needs 1 <= strategy.top_k <= strategy.pool_size and prompt_length >= 1"
@@ -95,7 +91,6 @@ class L2P(Strategy[L2PConfig]):
         if c.readout not in ("prompt", "cls"):
             raise ConfigError(f"strategy.readout must be 'prompt' or 'cls', got {c.readout!r}")
         self.backbone: PromptableBackbone = backbone
-        backbone.freeze()  # backbone, patch/position embeddings and norms stay as pretrained
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(self.context.seed + 1)  # pool init independent of model init order
         self.pool = PromptPool(c.pool_size, c.prompt_length, backbone.embed_dim, c.init_range)

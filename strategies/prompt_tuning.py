@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from cl.errors import ConfigError
 from cl.models.prompt_queue import ResidualMLP
-from cl.models.prompting import PromptableBackbone
+from cl.models.prompting import PromptableBackbone, frozen_promptable
 from cl.strategy import Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
 
@@ -64,20 +64,14 @@ class PromptStrategy(Strategy[PC]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         c = self.config
-        backbone = getattr(self.model, "backbone", None)
-        if not isinstance(backbone, PromptableBackbone):
-            raise ConfigError(
-                f"strategy {self.name!r} needs a transformer backbone: model=hf_encoder or "
-                "model=vit"
-            )
+        backbone = frozen_promptable(self.model, self.name)
         if c.prompt_length < 1 or c.mlp_bottleneck < 0 or c.init_std <= 0:
             raise ConfigError(
                 "strategy.prompt_length must be >= 1, mlp_bottleneck >= 0, init_std > 0"
             )
         if c.readout not in READOUTS:
             raise ConfigError(f"strategy.readout must be one of {READOUTS}, got {c.readout!r}")
-        self.backbone: PromptableBackbone = backbone
-        backbone.freeze()  # the pretrained model is never updated: only prompts and heads
+        self.backbone: PromptableBackbone = backbone  # frozen: only prompts and heads train
         self.dim = backbone.embed_dim
         self.task = 0
         self._classes: Tensor | None = None

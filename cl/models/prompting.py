@@ -68,6 +68,19 @@ class Encoded:
         return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+def frozen_promptable(model: nn.Module, strategy: str) -> PromptableBackbone:
+    """The model's transformer backbone, frozen; a clear error for any other backbone."""
+    from cl.errors import ConfigError
+
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, PromptableBackbone):
+        raise ConfigError(
+            f"strategy {strategy!r} needs a transformer backbone: model=vit or model=hf_encoder"
+        )
+    backbone.freeze()  # backbone, embeddings and norms stay as pretrained
+    return backbone
+
+
 class PromptableBackbone(nn.Module):
     """A transformer whose token sequence can be prefixed with prompts.
 

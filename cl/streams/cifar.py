@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cl.errors import DataNotFoundError
+from cl.errors import DataNotFoundError, reason
 from cl.streams import register_stream
 from cl.streams.base import Stream
 from cl.streams.vision import Arrays, SplitStreamConfig, split_stream
@@ -33,7 +33,7 @@ def load_cifar100_arrays(data_root: str | None, download: bool) -> Arrays:
 
         sets = [CIFAR100(str(root), train=t, download=download) for t in (True, False)]
     except Exception as e:  # missing files offline, network errors
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = reason(e)
         raise DataNotFoundError(
             f"CIFAR-100 is not in {root} and could not be downloaded ({msg}). Run once while "
             "online with stream.download=true, or copy the torchvision 'cifar-100-python' folder "

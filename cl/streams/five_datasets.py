@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from cl.errors import ConfigError, DataNotFoundError
+from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
 from cl.streams.base import Experience, Stream, TensorData
 from cl.streams.vision import FMNIST_MEAN, FMNIST_STD, VisionStreamConfig, load_fmnist_arrays
@@ -67,7 +67,7 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor,
                 x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)
                 data.append((x, torch.as_tensor(np.asarray(s.targets))))
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = reason(e)
         raise DataNotFoundError(
             f"{name} is not in {root} and could not be downloaded ({msg}); run once online with "
             "stream.download=true and stream.data_root=<writable folder>"

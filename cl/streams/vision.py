@@ -14,7 +14,7 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor
 
-from cl.errors import ConfigError, DataNotFoundError
+from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
 from cl.streams.base import Experience, Stream, TensorData
 
@@ -146,7 +146,7 @@ def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
             FashionMNIST(data_root, train=True, download=True)
             FashionMNIST(data_root, train=False, download=True)
         except Exception as e:  # network, permissions, ...
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = reason(e)
             raise DataNotFoundError(
                 f"Fashion-MNIST is not in {data_root} and downloading it failed ({why}). "
                 "Install the offline copy with `apt-get install dataset-fashion-mnist` and leave "
@@ -160,12 +160,25 @@ def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
             "to download it with torchvision (needs internet)."
         )
 
+    return _idx_arrays(folder, FMNIST_FILES, FMNIST_MEAN, FMNIST_STD)
+
+
+def _idx_arrays(folder: Path, files: dict[str, str], mean: float, std: float) -> Arrays:
+    """28x28 idx image/label files (gzipped or not) -> standardised tensors."""
+
+    def read(name: str, header: int) -> np.ndarray:
+        path = folder / files[name]
+        gz = path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
+        if gz.exists():
+            return _read_idx(gz, header)
+        return np.frombuffer(path.read_bytes(), dtype=np.uint8, offset=header)
+
     def images(name: str) -> Tensor:
-        a = _read_idx(folder / FMNIST_FILES[name], 16).reshape(-1, 1, 28, 28)
-        return (torch.from_numpy(a.astype(np.float32)) / 255.0 - FMNIST_MEAN) / FMNIST_STD
+        a = read(name, 16).reshape(-1, 1, 28, 28)
+        return (torch.from_numpy(a.astype(np.float32)) / 255.0 - mean) / std
 
     def labels(name: str) -> Tensor:
-        return torch.from_numpy(_read_idx(folder / FMNIST_FILES[name], 8).astype(np.int64))
+        return torch.from_numpy(read(name, 8).astype(np.int64))
 
     return images("train_x"), labels("train_y"), images("test_x"), labels("test_y")
 
@@ -333,14 +346,6 @@ MNIST_FILES = {
 }
 
 
-def _read_idx_any(base: Path, header: int) -> np.ndarray:
-    """An idx file, gzipped (``.gz``) or not (torchvision keeps both)."""
-    gz = base.with_name(base.name + ".gz")
-    if gz.exists():
-        return _read_idx(gz, header)
-    return np.frombuffer(base.read_bytes(), dtype=np.uint8, offset=header)
-
-
 def load_mnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
     """MNIST via torchvision in ``data_root`` (default ``~/.cache/cl-platform/data``)."""
     root = Path(data_root) if data_root else Path.home() / ".cache" / "cl-platform" / "data"
@@ -362,21 +367,13 @@ def load_mnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
             MNIST(str(root), train=True, download=True)
             MNIST(str(root), train=False, download=True)
         except Exception as e:  # network, permissions, ...
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = reason(e)
             raise DataNotFoundError(
                 f"MNIST is not in {root} and downloading it failed ({why}); it needs internet "
                 "once. Offline, use split_digits/permuted_digits or the Fashion-MNIST streams."
             ) from None
         folder = raw
-
-    def images(name: str) -> Tensor:
-        a = _read_idx_any(folder / MNIST_FILES[name], 16).reshape(-1, 1, 28, 28)
-        return (torch.from_numpy(a.astype(np.float32)) / 255.0 - MNIST_MEAN) / MNIST_STD
-
-    def labels(name: str) -> Tensor:
-        return torch.from_numpy(_read_idx_any(folder / MNIST_FILES[name], 8).astype(np.int64))
-
-    return images("train_x"), labels("train_y"), images("test_x"), labels("test_y")
+    return _idx_arrays(folder, MNIST_FILES, MNIST_MEAN, MNIST_STD)
 
 
 @register_stream("split_mnist", SplitStreamConfig)
