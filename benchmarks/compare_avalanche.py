@@ -31,18 +31,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch
 
+from cl.config import compose_config
+
 METHODS = ("naive", "ewc", "lwf", "replay")
-
-
-def _compose(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    from cl.config import register_configs
-    from cl.run import CONF_DIR
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def _ours(method: str, hp: dict[str, float]) -> list[str]:
@@ -161,7 +152,7 @@ def compare(
     for method in methods:
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "avalanche": []}
         for r in range(repeats):
-            cfg = _compose([*base, f"seed={seed + r}", *_ours(method, hp)])
+            cfg = compose_config([*base, f"seed={seed + r}", *_ours(method, hp)])
             runs["ours"].append(_run_ours(cfg))
             runs["avalanche"].append(_run_avalanche(cfg, method, hp))
         row: dict[str, Any] = {"method": method}

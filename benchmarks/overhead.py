@@ -20,18 +20,6 @@ import torch
 from torch.nn import functional as F
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    from cl.config import register_configs
-    from cl.run import CONF_DIR
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=overrides)
-
-
 def platform_time(cfg, tmp: str) -> tuple[float, float]:
     from cl.run import run_experiment
 
@@ -70,25 +58,16 @@ def bare_time(cfg, device: torch.device) -> float:
 
 
 def avalanche_time(cfg, device: torch.device) -> float:
-    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-    from avalanche.benchmarks.utils.classification_dataset import (
-        _make_taskaware_tensor_classification_dataset as tensor_ds,
-    )
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
     from cl.config import build
+    from cl.streams.avalanche import to_avalanche_benchmark
 
     built = build(cfg)
     model, stream = built.model, built.stream
     tc = built.train
-
-    def ds(d):
-        return tensor_ds(d.x.cpu(), d.y.cpu(), task_labels=0)
-
-    bench = benchmark_from_datasets(
-        train=[ds(e.train) for e in stream], test=[ds(e.test) for e in stream]
-    )
+    bench = to_avalanche_benchmark(stream, task_labels=False)
     opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum)
     strat = Naive(
         model=model,
@@ -122,7 +101,9 @@ def main() -> None:
     import tempfile
 
     device = torch.device(args.device)
-    cfg = compose(
+    from cl.config import compose_config
+
+    cfg = compose_config(
         [
             "stream=split_fmnist",
             "strategy=naive",

@@ -109,6 +109,19 @@ def _output_subdir(resume: str | None) -> str | None:
     return None if resume else ".hydra"
 
 
+# The Hydra config groups live at the repository root (editable install).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The run config composed in-process (tests, benchmarks), as ``cl-run`` would."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
 def register_resolvers() -> None:
     for name, fn in (("cl_run_dir", _run_dir), ("cl_output_subdir", _output_subdir)):
         if not OmegaConf.has_resolver(name):
@@ -118,7 +131,7 @@ def register_resolvers() -> None:
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore (idempotent)."""
     from cl.models import MODELS, load_builtin_models
-    from cl.strategy import _STRATEGIES, load_builtin_strategies
+    from cl.strategy import STRATEGIES, load_builtin_strategies
     from cl.streams import STREAMS, load_builtin_streams
 
     load_builtin_streams()
@@ -131,8 +144,8 @@ def register_configs() -> None:
         cs.store(group="schema/stream", name=e.name, node=e.config_cls)
     for e in MODELS.entries():
         cs.store(group="schema/model", name=e.name, node=e.config_cls)
-    for name, cls in _STRATEGIES.items():
-        cs.store(group="schema/strategy", name=name, node=cls.config_cls)
+    for e in STRATEGIES.entries():
+        cs.store(group="schema/strategy", name=e.name, node=e.config_cls)
     register_resolvers()
 
 

@@ -60,7 +60,7 @@ def accuracy(
         allowed_classes: Task-agnostic only: restrict the argmax to these classes (None: all).
     """
     device = strategy.device
-    correct = total = 0
+    total = 0
     if task_aware:
         mask = _class_mask(n_classes, exp.classes, device)
     elif allowed_classes is not None:
@@ -76,8 +76,7 @@ def accuracy(
             logits = logits.masked_fill(~mask, float("-inf"))
         correct_t += (logits.argmax(dim=1) == y).sum()
         total += len(y)
-    correct = int(correct_t)
-    return correct / max(total, 1)
+    return int(correct_t) / max(total, 1)
 
 
 def evaluate_row(

@@ -19,8 +19,9 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """A small registry whose entries pair a builder with its config schema."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, config_cls: type) -> Callable[[T], T]:
@@ -37,7 +38,7 @@ class Registry(Generic[T]):
 
         if name not in self._entries:
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.names())}"
             )
         return self._entries[name]
 

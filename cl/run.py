@@ -19,15 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl.budget import count_parameters, timer
 from cl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cl.config import build, default_run_name, load_run_config, now_iso, register_configs
+from cl.config import (
+    CONF_DIR,
+    build,
+    default_run_name,
+    load_run_config,
+    now_iso,
+    register_configs,
+)
 from cl.errors import CLError, NonFiniteLossError
 from cl.evaluate import evaluate_row, primary
 from cl.logging.base import RunRecord, Sink
 from cl.logging.console import ConsoleSink
 from cl.logging.files import FileSink
-
-# The Hydra config groups live at the repository root (editable install).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Testing hook: SIGKILL the process right after experience N (0-based) is checkpointed.
 KILL_AFTER_ENV = "CL_KILL_AFTER_EXPERIENCE"

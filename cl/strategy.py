@@ -17,7 +17,9 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cl.budget import count_parameters
 from cl.errors import ConfigError, NonFiniteLossError
+from cl.registry import Registry
 from cl.streams.base import Experience, StreamInfo, TensorData
 
 
@@ -333,24 +335,22 @@ class Strategy(ABC, Generic[C]):
             steps=steps,
             samples=samples,
             final_loss=float(loss_sum) / max(n_last, 1),
-            trainable_params=sum(p.numel() for p in params),
+            trainable_params=count_parameters(params),
         )
 
 
 # ---------------------------------------------------------------- registry
-_STRATEGIES: dict[str, type[Strategy[Any]]] = {}
+STRATEGIES: Registry[type[Strategy[Any]]] = Registry("strategy", "strategies")
 
 S = TypeVar("S", bound=type[Strategy[Any]])
 
 
 def register_strategy(name: str) -> Callable[[S], S]:
-    """Class decorator: ``@register_strategy("ewc")``."""
+    """Class decorator: ``@register_strategy("ewc")`` (the class carries its ``config_cls``)."""
 
     def deco(cls: S) -> S:
-        if name in _STRATEGIES and _STRATEGIES[name] is not cls:
-            raise ValueError(f"strategy {name!r} is already registered")
+        STRATEGIES.register(name, cls.config_cls)(cls)
         cls.name = name
-        _STRATEGIES[name] = cls
         return cls
 
     return deco
@@ -370,13 +370,9 @@ def load_builtin_strategies() -> None:
 
 def list_strategies() -> list[str]:
     load_builtin_strategies()
-    return sorted(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def get_strategy(name: str) -> type[Strategy[Any]]:
     load_builtin_strategies()
-    if name not in _STRATEGIES:
-        raise ConfigError(
-            f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(_STRATEGIES))}"
-        )
-    return _STRATEGIES[name]
+    return STRATEGIES.get(name).builder

@@ -39,6 +39,7 @@ class Joint(Strategy[JointConfig]):
         self.seen: list[int] = []
         self._data: dict[int, TensorData] = {}
         self._init_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self._union: TensorData | None = None
 
     def _experience_data(self, i: int, exp: Experience | None = None) -> TensorData:
         if i not in self._data:
@@ -52,12 +53,17 @@ class Joint(Strategy[JointConfig]):
         if exp.index not in self.seen:
             self.seen.append(exp.index)
         self._experience_data(exp.index, exp)
+        # Concatenated once per experience, not once per epoch.
+        self._union = TensorData.cat([self._experience_data(i) for i in self.seen])
         if self.config.from_scratch:
             self.model.load_state_dict(self._init_state)
 
     def train_batches(self, exp: Experience, epoch: int) -> Iterator[Batch]:
-        union = TensorData.cat([self._experience_data(i) for i in self.seen])
-        return self.iterate(union, epoch=epoch, exp_index=exp.index)
+        assert self._union is not None, "before_experience builds the union"
+        return self.iterate(self._union, epoch=epoch, exp_index=exp.index)
+
+    def after_experience(self, exp: Experience) -> None:
+        self._union = None  # the copy is only needed while training
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "seen": list(self.seen), "init": self._init_state}

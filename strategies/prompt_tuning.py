@@ -13,6 +13,7 @@ classes while training (per-task label spaces), and prediction grouped by task i
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -100,9 +101,9 @@ class PromptStrategy(Strategy[PC]):
             return enc.prompt_mean()
         return enc.pooled(self.config.readout)
 
+    @abstractmethod
     def prompts_for(self, task: int | None, *, training: bool) -> Tensor:
         """``[P, D]`` prompt tokens that ``task`` reads (``training``: the current task)."""
-        raise NotImplementedError
 
     # ----------------------------------------------------------------- hooks
     def before_experience(self, exp: Experience) -> None:

@@ -12,11 +12,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from cl.config import register_configs
-from cl.run import CONF_DIR
+from cl.config import compose_config
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(
@@ -24,10 +22,8 @@ needs_fmnist = pytest.mark.skipif(
 )
 
 
-def compose_cfg(overrides: list[str]) -> DictConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+# Tests import it under this name.
+compose_cfg = compose_config
 
 
 @pytest.fixture

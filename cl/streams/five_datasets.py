@@ -22,7 +22,15 @@ from torch.nn import functional as F
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
 from cl.streams.base import Experience, Stream, TensorData
-from cl.streams.vision import FMNIST_MEAN, FMNIST_STD, VisionStreamConfig, load_fmnist_arrays
+from cl.streams.vision import (
+    FMNIST_MEAN,
+    FMNIST_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    VisionStreamConfig,
+    load_fmnist_arrays,
+    load_mnist_arrays,
+)
 
 DATASETS = ("cifar10", "mnist", "fmnist", "svhn", "notmnist")
 
@@ -59,12 +67,10 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor,
                 (torch.from_numpy(s.data).float() / 255.0, torch.from_numpy(s.labels)) for s in sets
             ]
         else:
-            cls = {"cifar10": tvd.CIFAR10, "mnist": tvd.MNIST}[name]
-            sets = [cls(str(root), train=t, download=download) for t in (True, False)]
+            sets = [tvd.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
             data = []
             for s in sets:
-                x = torch.as_tensor(np.asarray(s.data)).float() / 255.0
-                x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)
+                x = torch.as_tensor(np.asarray(s.data)).float().permute(0, 3, 1, 2) / 255.0
                 data.append((x, torch.as_tensor(np.asarray(s.targets))))
     except Exception as e:
         msg = reason(e)
@@ -102,12 +108,16 @@ def _notmnist(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def load_dataset(
-    name: str, root: Path, download: bool, fmnist_root: str | None
+    name: str, root: Path, download: bool, data_root: str | None
 ) -> tuple[Tensor, ...]:
-    if name == "fmnist":
-        xtr, ytr, xte, yte = load_fmnist_arrays(fmnist_root, download)
-        # Undo the standardisation: 5-datasets images are in [0, 1].
-        return xtr * FMNIST_STD + FMNIST_MEAN, ytr, xte * FMNIST_STD + FMNIST_MEAN, yte
+    if name in ("fmnist", "mnist"):
+        # The platform's loaders standardise; 5-datasets images are in [0, 1].
+        load, mean, std = {
+            "fmnist": (load_fmnist_arrays, FMNIST_MEAN, FMNIST_STD),
+            "mnist": (load_mnist_arrays, MNIST_MEAN, MNIST_STD),
+        }[name]
+        xtr, ytr, xte, yte = load(data_root, download)
+        return xtr * std + mean, ytr, xte * std + mean, yte
     if name == "notmnist":
         return _notmnist(root)
     return _torchvision(name, root, download)

@@ -19,11 +19,12 @@ from cl.streams import register_stream
 from cl.streams.base import Experience, Stream, TensorData
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_FILES = {
-    "train_x": "train-images-idx3-ubyte.gz",
-    "train_y": "train-labels-idx1-ubyte.gz",
-    "test_x": "t10k-images-idx3-ubyte.gz",
-    "test_y": "t10k-labels-idx1-ubyte.gz",
+# File names of MNIST-style idx datasets (stored gzipped or not).
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
 }
 # Standard Fashion-MNIST normalisation constants (mean, std of the training pixels).
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
@@ -118,57 +119,65 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
 
 
-def _find_fmnist(data_root: str | None) -> Path | None:
-    candidates = (
-        [FMNIST_SYSTEM_DIR]
-        if data_root is None
-        else [Path(data_root), Path(data_root) / "FashionMNIST" / "raw"]
-    )
-    for c in candidates:
-        if all((c / f).exists() for f in FMNIST_FILES.values()):
-            return c
-    return None
+def _has_idx(folder: Path) -> bool:
+    return all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in IDX_FILES.values())
+
+
+def _idx_folder(root: Path, dataset: str, download: bool, *, missing: str, failed: str) -> Path:
+    """Where ``dataset``'s idx files are under ``root`` (flat, or torchvision's
+    ``<dataset>/raw``), downloading them with torchvision when allowed.
+
+    Args:
+        dataset: torchvision class name (``MNIST``, ``FashionMNIST``).
+        missing: Error message when the files are absent and ``download`` is false.
+        failed: Error message when the download fails (``{why}``: the reason).
+    """
+    for folder in (root, root / dataset / "raw"):
+        if _has_idx(folder):
+            return folder
+    if not download:
+        raise DataNotFoundError(missing)
+    try:
+        import torchvision.datasets as tvd
+
+        for train in (True, False):
+            getattr(tvd, dataset)(str(root), train=train, download=True)
+    except Exception as e:  # network, permissions, ...
+        raise DataNotFoundError(failed.replace("{why}", reason(e))) from None
+    return root / dataset / "raw"
 
 
 def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
     """Fashion-MNIST from the idx files, downloading via torchvision into ``data_root`` if set."""
-    folder = _find_fmnist(data_root)
-    if folder is None and data_root is not None and not download:
-        raise DataNotFoundError(
-            f"Fashion-MNIST not found in {data_root}. Install the offline copy with "
-            "`apt-get install dataset-fashion-mnist` and leave stream.data_root unset, or set "
-            "stream.download=true to download it there with torchvision (needs internet)."
-        )
-    if folder is None and data_root is not None:
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(data_root, train=True, download=True)
-            FashionMNIST(data_root, train=False, download=True)
-        except Exception as e:  # network, permissions, ...
-            why = reason(e)
+    if data_root is None:
+        if not _has_idx(FMNIST_SYSTEM_DIR):
             raise DataNotFoundError(
-                f"Fashion-MNIST is not in {data_root} and downloading it failed ({why}). "
-                "Install the offline copy with `apt-get install dataset-fashion-mnist` and leave "
-                "stream.data_root unset, or point stream.data_root at a writable folder online."
-            ) from None
-        folder = _find_fmnist(data_root)
-    if folder is None:
-        raise DataNotFoundError(
-            f"Fashion-MNIST not found in {FMNIST_SYSTEM_DIR}. Install it with "
-            "`apt-get install dataset-fashion-mnist`, or set stream.data_root=<writable folder> "
-            "to download it with torchvision (needs internet)."
+                f"Fashion-MNIST not found in {FMNIST_SYSTEM_DIR}. Install it with "
+                "`apt-get install dataset-fashion-mnist`, or set stream.data_root=<writable "
+                "folder> to download it with torchvision (needs internet)."
+            )
+        folder = FMNIST_SYSTEM_DIR
+    else:
+        folder = _idx_folder(
+            Path(data_root),
+            "FashionMNIST",
+            download,
+            missing=f"Fashion-MNIST not found in {data_root}. Install the offline copy with "
+            "`apt-get install dataset-fashion-mnist` and leave stream.data_root unset, or set "
+            "stream.download=true to download it there with torchvision (needs internet).",
+            failed=f"Fashion-MNIST is not in {data_root} and downloading it failed ({{why}}). "
+            "Install the offline copy with `apt-get install dataset-fashion-mnist` and leave "
+            "stream.data_root unset, or point stream.data_root at a writable folder online.",
         )
+    return _idx_arrays(folder, FMNIST_MEAN, FMNIST_STD)
 
-    return _idx_arrays(folder, FMNIST_FILES, FMNIST_MEAN, FMNIST_STD)
 
-
-def _idx_arrays(folder: Path, files: dict[str, str], mean: float, std: float) -> Arrays:
+def _idx_arrays(folder: Path, mean: float, std: float) -> Arrays:
     """28x28 idx image/label files (gzipped or not) -> standardised tensors."""
 
     def read(name: str, header: int) -> np.ndarray:
-        path = folder / files[name]
-        gz = path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
+        path = folder / IDX_FILES[name]
+        gz = path.with_name(path.name + ".gz")
         if gz.exists():
             return _read_idx(gz, header)
         return np.frombuffer(path.read_bytes(), dtype=np.uint8, offset=header)
@@ -338,42 +347,22 @@ def permuted_fmnist(cfg: PermutedStreamConfig) -> Stream:
 
 # MNIST (LeCun et al.) normalisation constants.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-MNIST_FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
 
 
 def load_mnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
     """MNIST via torchvision in ``data_root`` (default ``~/.cache/cl-platform/data``)."""
     root = Path(data_root) if data_root else Path.home() / ".cache" / "cl-platform" / "data"
-    raw = root / "MNIST" / "raw"
-    present = lambda d: all(  # noqa: E731
-        (d / f).exists() or (d / f"{f}.gz").exists() for f in MNIST_FILES.values()
+    folder = _idx_folder(
+        root,
+        "MNIST",
+        download,
+        missing=f"MNIST not found in {root}; set stream.download=true (needs internet) or copy "
+        "its idx files there. MNIST has no offline package: the offline streams are "
+        "split_digits/permuted_digits and the Fashion-MNIST ones.",
+        failed=f"MNIST is not in {root} and downloading it failed ({{why}}); it needs internet "
+        "once. Offline, use split_digits/permuted_digits or the Fashion-MNIST streams.",
     )
-    folder = next((d for d in (root, raw) if present(d)), None)
-    if folder is None:
-        if not download:
-            raise DataNotFoundError(
-                f"MNIST not found in {root}; set stream.download=true (needs internet) or copy "
-                "its idx files there. MNIST has no offline package: the offline streams are "
-                "split_digits/permuted_digits and the Fashion-MNIST ones."
-            )
-        try:
-            from torchvision.datasets import MNIST
-
-            MNIST(str(root), train=True, download=True)
-            MNIST(str(root), train=False, download=True)
-        except Exception as e:  # network, permissions, ...
-            why = reason(e)
-            raise DataNotFoundError(
-                f"MNIST is not in {root} and downloading it failed ({why}); it needs internet "
-                "once. Offline, use split_digits/permuted_digits or the Fashion-MNIST streams."
-            ) from None
-        folder = raw
-    return _idx_arrays(folder, MNIST_FILES, MNIST_MEAN, MNIST_STD)
+    return _idx_arrays(folder, MNIST_MEAN, MNIST_STD)
 
 
 @register_stream("split_mnist", SplitStreamConfig)
