@@ -9,6 +9,7 @@ Fisher Information in Continual Learning", ICLR Blogposts 2025.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -136,6 +137,27 @@ class EWC(Strategy[EWCConfig]):
             shift = scale * self.anchor[n].to(p.dtype)
             self._hooks.append(
                 p.register_post_accumulate_grad_hook(partial(_add_penalty_grad, scale, shift))
+            )
+        self._warn_if_unstable()
+
+    def _warn_if_unstable(self) -> None:
+        # Gradient descent on lambda/2 * A * (theta - m)^2 oscillates and diverges once
+        # lr * lambda * A > 2 (2 * (1 + momentum) with heavy-ball momentum); the NaN guard
+        # would stop the run later with a less specific message.
+        tc = self.context.train
+        if tc.optimizer != "sgd" or not self.importance:
+            return
+        curvature = (
+            tc.lr * self.config.ewc_lambda * max(float(a.max()) for a in self.importance.values())
+        )
+        bound = 2.0 * (1.0 + tc.momentum)
+        if curvature > bound:
+            warnings.warn(
+                f"ewc: train.lr * strategy.ewc_lambda * max(Fisher) = {curvature:.3g} exceeds "
+                f"{bound:g}: SGD on the EWC penalty diverges for the most important weights; "
+                "lower train.lr or strategy.ewc_lambda",
+                RuntimeWarning,
+                stacklevel=2,
             )
 
     def _remove_hooks(self) -> None:

