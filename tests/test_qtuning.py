@@ -20,6 +20,8 @@ from strategies.qtuning import QTuning, QTuningConfig
 
 TEXT = [
     "stream=text_offline",
+    # Pinned: the measured bounds below belong to these tasks, not to the stream's default list.
+    "stream.tasks=['bbc:business,tech',tweets,'bbc:entertainment,politics,sports']",
     "stream.max_len=32",
     "stream.k_shot=8",
     "stream.max_test_per_class=20",
@@ -200,6 +202,11 @@ def test_qtuning_matches_progprompt_and_forgets_less_than_prompt_tuning(make_cfg
         }.items()
     }
     m = {s: r.metrics() for s, r in recs.items()}
+    # Measured 0.789/0.004 (qtuning), 0.789/0 (progprompt), 0.736/0.021 (prompt_tuning). Only
+    # "less", not "far less": per-task heads on the frozen encoder absorb the shared prompt's
+    # drift. With frozen heads (train_head=false) prompt_tuning forgets 0.2-0.3, but a bounded
+    # queue forgets about as much (0.16-0.37): task prompts are near-orthogonal, so keeping C-1
+    # directions loses a whole prompt's worth, and the shared prefix drifts.
     assert m["qtuning"]["avg_acc"] >= m["progprompt"]["avg_acc"] - 0.02, m
     assert m["progprompt"]["forgetting"] == 0.0  # frozen prompts up to the task: exact
     assert m["qtuning"]["forgetting"] <= 0.02, m
