@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -209,14 +209,28 @@ class EWC(Strategy[EWCConfig]):
     def _fisher_batched(self, data: TensorData, names: list[str]) -> dict[str, Tensor]:
         params = dict(self.model.named_parameters())
         out = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+        bs = self.context.train.batch_size
+        # Several minibatches per pass: the same minibatches as a loop over train.batch_size,
+        # but Linear layers get every minibatch's mean gradient from one batched matmul.
+        per_pass = bs * max(1, self.config.fisher_batch_size // bs)
         n_batches = 0
-        for b in self._chunks(data, self.context.train.batch_size):
-            loss = F.cross_entropy(self.model(b.x, b.task_ids).float(), b.y)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-            for n, g in zip(names, grads, strict=True):
-                if g is not None:
-                    out[n] += g.float().pow(2)
-            n_batches += 1
+        for b in self._chunks(data, per_pass):
+            sizes = [bs] * (len(b.y) // bs) + ([len(b.y) % bs] if len(b.y) % bs else [])
+            n_batches += len(sizes)
+            if self.config.fisher_method == "auto" and _linear_batched_fisher(
+                self.model, names, b, sizes, out
+            ):
+                continue
+            start = 0
+            for size in sizes:
+                sl = slice(start, start + size)
+                start += size
+                tids = None if b.task_ids is None else b.task_ids[sl]
+                loss = F.cross_entropy(self.model(b.x[sl], tids).float(), b.y[sl])
+                grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+                for n, g in zip(names, grads, strict=True):
+                    if g is not None:
+                        out[n] += g.float().pow(2)
         return {n: f / max(n_batches, 1) for n, f in out.items()}
 
     def _fisher_per_sample(
@@ -289,23 +303,23 @@ def _log_probs(logits: Tensor) -> Tensor:
     return logits.float().log_softmax(-1)
 
 
-def _linear_fisher(
-    model: nn.Module, names: list[str], b: Batch, labels: Tensor | None, out: dict[str, Tensor]
-) -> bool:
-    """Per-sample squared gradients of ``nn.Linear`` layers in closed form; False if N/A.
+class _LinearIO(NamedTuple):
+    owner: dict[str, tuple[nn.Linear, str]]  # parameter name -> (layer, "weight" | "bias")
+    layers: list[nn.Linear]
+    inputs: dict[nn.Linear, Tensor]
+    outputs: list[Tensor]  # in the order of ``layers``, in the graph of ``logp``
+    logp: Tensor
 
-    For a linear layer on 2-D inputs, sample n's weight gradient is ``delta_n a_n^T``, so the
-    sum of its squares over samples is ``(delta^2)^T (a^2)``: one matmul per layer. The
-    per-sample output gradients ``delta`` come from one backward of the summed loss (samples
-    are independent in eval mode), or one vmapped backward per class for the exact Fisher.
-    """
+
+def _linear_io(model: nn.Module, names: list[str], b: Batch) -> _LinearIO | None:
+    """One forward recording each Linear layer's input and output (None: closed form N/A)."""
     owner: dict[str, tuple[nn.Linear, str]] = {}
     for mname, mod in model.named_modules():
         for pname, _ in mod.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
             if full in names:
                 if not isinstance(mod, nn.Linear):
-                    return False
+                    return None
                 owner[full] = (mod, pname)
     seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {}
 
@@ -321,9 +335,26 @@ def _linear_fisher(
         for h in handles:
             h.remove()
     if any(len(v) != 1 or v[0][0].dim() != 2 for v in seen.values()) or set(seen) != mods:
-        return False  # a layer used twice, on sequences, or not at all: use torch.func
-    mod_list = list(seen)
-    outputs = [seen[m][0][1] for m in mod_list]
+        return None  # a layer used twice, on sequences, or not at all: use torch.func
+    layers = list(seen)
+    inputs = {m: seen[m][0][0].float() for m in layers}
+    return _LinearIO(owner, layers, inputs, [seen[m][0][1] for m in layers], logp)
+
+
+def _linear_fisher(
+    model: nn.Module, names: list[str], b: Batch, labels: Tensor | None, out: dict[str, Tensor]
+) -> bool:
+    """Per-sample squared gradients of ``nn.Linear`` layers in closed form; False if N/A.
+
+    For a linear layer on 2-D inputs, sample n's weight gradient is ``delta_n a_n^T``, so the
+    sum of its squares over samples is ``(delta^2)^T (a^2)``: one matmul per layer. The
+    per-sample output gradients ``delta`` come from one backward of the summed loss (samples
+    are independent in eval mode), or one vmapped backward per class for the exact Fisher.
+    """
+    io = _linear_io(model, names, b)
+    if io is None:
+        return False
+    owner, layers, inputs, outputs, logp = io
     if labels is not None:
         deltas = torch.autograd.grad(-logp.gather(1, labels[:, None]).sum(), outputs)
         sq = [d.float().pow(2) for d in deltas]
@@ -334,11 +365,46 @@ def _linear_fisher(
         deltas = torch.autograd.grad(logp, outputs, grad_outputs=eye, is_grads_batched=True)
         # sum_c p_c delta_c^2 for each sample (probs are (N, C), deltas (C, N, out)).
         sq = [torch.einsum("nc,cno->no", probs, d.float().pow(2)) for d in deltas]
-    by_mod = dict(zip(mod_list, sq, strict=True))
+    by_mod = dict(zip(layers, sq, strict=True))
     for full, (mod, pname) in owner.items():
         s = by_mod[mod]
-        a = seen[mod][0][0].float()
-        out[full] += s.T @ a.pow(2) if pname == "weight" else s.sum(0)
+        out[full] += s.T @ inputs[mod].pow(2) if pname == "weight" else s.sum(0)
+    return True
+
+
+def _linear_batched_fisher(
+    model: nn.Module, names: list[str], b: Batch, sizes: list[int], out: dict[str, Tensor]
+) -> bool:
+    """Squared minibatch-mean gradients of ``nn.Linear`` layers for consecutive minibatches of
+    ``sizes`` in ``b``, from one forward and one backward; False if the closed form is N/A.
+
+    Minibatch k's weight gradient is ``sum_{n in k} delta_n a_n^T`` with ``delta_n`` the
+    gradient of ``loss_n / |k|`` at the layer's output: a batched matmul over minibatches.
+    """
+    io = _linear_io(model, names, b)
+    if io is None:
+        return False
+    owner, layers, inputs, outputs, logp = io
+    weight = torch.cat([torch.full((s,), 1.0 / s, device=logp.device) for s in sizes])
+    nll = -(logp.gather(1, b.y[:, None]).squeeze(1) * weight).sum()
+    deltas = dict(zip(layers, torch.autograd.grad(nll, outputs), strict=True))
+    groups: list[tuple[int, int, int]] = []  # (start, minibatches, size) of equal-size runs
+    start = 0
+    for s in sizes:
+        if groups and groups[-1][2] == s and groups[-1][0] + groups[-1][1] * s == start:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1, s)
+        else:
+            groups.append((start, 1, s))
+        start += s
+    for full, (mod, pname) in owner.items():
+        d, a = deltas[mod].float(), inputs[mod]
+        for g0, k, s in groups:
+            dk = d[g0 : g0 + k * s].reshape(k, s, -1)
+            if pname == "weight":
+                ak = a[g0 : g0 + k * s].reshape(k, s, -1)
+                out[full] += torch.bmm(dk.transpose(1, 2), ak).pow(2).sum(0)
+            else:
+                out[full] += dk.sum(1).pow(2).sum(0)
     return True
 
 

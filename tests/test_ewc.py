@@ -81,8 +81,18 @@ def test_fisher_matches_per_sample_loop(make_cfg, estimator, method, multi_head)
         torch.testing.assert_close(fisher[n], r, rtol=1e-4, atol=1e-7)
 
 
-def test_batched_estimator_is_squared_minibatch_mean_gradient(make_cfg):
-    built = _built_ewc(make_cfg, "strategy.estimator=batched", "train.batch_size=50")
+@pytest.mark.parametrize(
+    ("method", "per_pass"),
+    [("auto", 512), ("auto", 120), ("vmap", 512)],  # closed form (uneven passes), plain loop
+)
+def test_batched_estimator_is_squared_minibatch_mean_gradient(make_cfg, method, per_pass):
+    built = _built_ewc(
+        make_cfg,
+        "strategy.estimator=batched",
+        "train.batch_size=50",
+        f"strategy.fisher_method={method}",
+        f"strategy.fisher_batch_size={per_pass}",
+    )
     exp, model = built.stream[0], built.model
     fisher = built.strategy.fisher(exp)
     model.eval()
