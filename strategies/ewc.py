@@ -59,6 +59,14 @@ class EWCConfig(StrategyConfig):
             samples (null: all of them). An unbiased estimate of the full-data Fisher whose
             noise is already small at a few thousand samples; it bounds the cost of the
             Fisher pass on large experiences.
+        penalty_step: ``explicit``: the penalty's gradient ``ewc_lambda * A (theta - m)`` is
+            added to the task gradient (the paper). With plain SGD this diverges once
+            ``lr * ewc_lambda * A > 2`` for some weight (a warning says so beforehand).
+            ``implicit``: the proximal step for the quadratic, ``grad <- (g + ewc_lambda *
+            A (theta - m)) / (1 + lr * ewc_lambda * A)``: with plain SGD it lands exactly on
+            ``argmin_theta' <g, theta'> + penalty(theta') + |theta' - theta|^2 / (2 lr)``,
+            which is stable for any lambda and has the same fixed points (SGD only; with
+            momentum it is the same rescaling, no longer exact).
     """
 
     name: str = "ewc"
@@ -69,6 +77,7 @@ class EWCConfig(StrategyConfig):
     fisher_method: str = "auto"
     fisher_batch_size: int = 512
     fisher_max_samples: int | None = 10000
+    penalty_step: str = "explicit"
 
 
 @register_strategy("ewc")
@@ -95,6 +104,12 @@ class EWC(Strategy[EWCConfig]):
             raise ConfigError(
                 f"strategy.fisher_method must be auto or vmap, got {c.fisher_method!r}"
             )
+        if c.penalty_step not in ("explicit", "implicit"):
+            raise ConfigError(
+                f"strategy.penalty_step must be explicit or implicit, got {c.penalty_step!r}"
+            )
+        if c.penalty_step == "implicit" and self.context.train.optimizer != "sgd":
+            raise ConfigError("strategy.penalty_step=implicit needs train.optimizer=sgd")
         if c.ewc_lambda < 0 or not 0 <= c.gamma <= 1:
             raise ConfigError("strategy.ewc_lambda must be >= 0 and strategy.gamma in [0, 1]")
         self.importance: dict[str, Tensor] = {}  # A: summed (or decayed) Fisher
@@ -135,10 +150,14 @@ class EWC(Strategy[EWCConfig]):
                 continue
             scale = (self.config.ewc_lambda * a).to(p.dtype)
             shift = scale * self.anchor[n].to(p.dtype)
-            self._hooks.append(
-                p.register_post_accumulate_grad_hook(partial(_add_penalty_grad, scale, shift))
-            )
-        self._warn_if_unstable()
+            if self.config.penalty_step == "implicit":
+                inv = 1.0 / (1.0 + self.context.train.lr * scale)
+                hook = partial(_add_penalty_grad_implicit, scale, shift, inv)
+            else:
+                hook = partial(_add_penalty_grad, scale, shift)
+            self._hooks.append(p.register_post_accumulate_grad_hook(hook))
+        if self.config.penalty_step == "explicit":
+            self._warn_if_unstable()
 
     def _warn_if_unstable(self) -> None:
         # Gradient descent on lambda/2 * A * (theta - m)^2 oscillates and diverges once
@@ -155,7 +174,7 @@ class EWC(Strategy[EWCConfig]):
             warnings.warn(
                 f"ewc: train.lr * strategy.ewc_lambda * max(Fisher) = {curvature:.3g} exceeds "
                 f"{bound:g}: SGD on the EWC penalty diverges for the most important weights; "
-                "lower train.lr or strategy.ewc_lambda",
+                "lower train.lr or strategy.ewc_lambda, or set strategy.penalty_step=implicit",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -276,6 +295,12 @@ def _add_penalty_grad(scale: Tensor, shift: Tensor, p: Tensor) -> None:
     """``grad += scale * theta - shift`` = ``ewc_lambda * A (theta - m)``."""
     if p.grad is not None:
         p.grad.addcmul_(scale, p.detach()).sub_(shift)
+
+
+def _add_penalty_grad_implicit(scale: Tensor, shift: Tensor, inv: Tensor, p: Tensor) -> None:
+    """``grad <- (grad + ewc_lambda * A (theta - m)) / (1 + lr * ewc_lambda * A)``."""
+    if p.grad is not None:
+        p.grad.addcmul_(scale, p.detach()).sub_(shift).mul_(inv)
 
 
 class _Quadratic(torch.autograd.Function):

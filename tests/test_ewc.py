@@ -201,3 +201,62 @@ def test_warns_before_sgd_on_the_penalty_diverges(make_cfg):
         warnings.simplefilter("error")
         strat.before_experience(stream[1])
     strat._remove_hooks()
+
+
+def test_implicit_penalty_step_is_the_proximal_sgd_step(make_cfg):
+    """One SGD step with penalty_step=implicit lands on the closed-form proximal point
+    ``(theta - lr g + lr lambda A m) / (1 + lr lambda A)``, whatever lambda."""
+    import torch.nn.functional as F
+
+    built = _built_ewc(
+        make_cfg, "strategy.ewc_lambda=1e6", "strategy.penalty_step=implicit", "train.momentum=0"
+    )
+    strat, model, stream = built.strategy, built.model, built.stream
+    strat.train_experience(stream[0])
+    lr, lam = strat.context.train.lr, 1e6
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, y = stream[1].train.x[:32], stream[1].train.y[:32]
+    named = dict(model.named_parameters())
+    theta = {n: p.detach().clone() for n, p in named.items()}
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(named.values()))
+    g = dict(zip(named, grads, strict=True))
+    strat.before_experience(stream[1])
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    strat._remove_hooks()
+    for n, p in named.items():
+        a, m = lam * strat.importance[n], strat.anchor[n]
+        want = (theta[n] - lr * g[n] + lr * a * m) / (1 + lr * a)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_implicit_step_trains_where_the_explicit_one_diverges(make_cfg, tmp_path):
+    from cl.errors import NonFiniteLossError
+
+    big = (*DIGITS, "strategy=ewc", "strategy.ewc_lambda=1e5", "train.epochs=2")
+    with (
+        pytest.warns(RuntimeWarning, match="penalty_step=implicit"),
+        pytest.raises(NonFiniteLossError),
+    ):
+        run_experiment(make_cfg(*big), tmp_path / "explicit")
+    rec = run_experiment(make_cfg(*big, "strategy.penalty_step=implicit"), tmp_path / "implicit")
+    m = rec.metrics()
+    naive = run_experiment(make_cfg(*DIGITS, "strategy=naive", "train.epochs=2"), tmp_path / "n")
+    # A huge lambda pins the weights that matter to experience 1: it forgets less than naive.
+    assert m["forgetting"] < naive.metrics()["forgetting"], (m, naive.metrics())
+
+
+def test_implicit_step_needs_sgd(make_cfg):
+    from cl.config import build
+    from cl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"implicit needs train\.optimizer=sgd"):
+        build(
+            make_cfg(
+                *DIGITS, "strategy=ewc", "strategy.penalty_step=implicit", "train.optimizer=adam"
+            )
+        )
