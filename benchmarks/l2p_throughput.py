@@ -34,16 +34,12 @@ PRESETS = {
 
 def bench(name: str, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
     n_classes, shape = 10, (3, 32, 32)
-    info = StreamInfo(
-        name="random",
+    info = StreamInfo.of(
+        "random",
+        [list(range(n_classes))],
         scenario="class_il",
-        n_classes=n_classes,
-        n_experiences=1,
-        classes=[list(range(n_classes))],
-        task_classes=[list(range(n_classes))],
         modality="vision",
         input_shape=shape,
-        has_task_ids=True,
     )
     torch.manual_seed(0)
     model = build_vit(ViTConfig(**PRESETS[args.preset]), info).to(device)

@@ -74,17 +74,7 @@ def timed(fn, repeats: int) -> float:
 def measure(name: str, args: argparse.Namespace) -> list[tuple[int, float, float, int]]:
     n_tasks, bs = args.tasks, args.batch_size
     task_classes = [[2 * t, 2 * t + 1] for t in range(n_tasks)]
-    info = StreamInfo(
-        name="synthetic",
-        scenario="task_il",
-        n_classes=2 * n_tasks,
-        n_experiences=n_tasks,
-        classes=task_classes,
-        task_classes=task_classes,
-        modality="text",
-        input_shape=None,
-        has_task_ids=True,
-    )
+    info = StreamInfo.of("synthetic", task_classes, scenario="task_il", modality="text")
     backbone = HFEncoder(encoder(args.encoder), pooling="mean", freeze=True)
     model = CLModel(
         backbone, make_head(ModelConfig(), backbone.embed_dim, info), backbone.embed_dim

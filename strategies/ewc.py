@@ -234,16 +234,13 @@ class EWC(Strategy[EWCConfig]):
         per_pass = bs * max(1, self.config.fisher_batch_size // bs)
         n_batches = 0
         for b in self._chunks(data, per_pass):
-            sizes = [bs] * (len(b.y) // bs) + ([len(b.y) % bs] if len(b.y) % bs else [])
-            n_batches += len(sizes)
+            n_batches += -(-len(b.y) // bs)
             if self.config.fisher_method == "auto" and _linear_batched_fisher(
-                self.model, names, b, sizes, out
+                self.model, names, b, bs, out
             ):
                 continue
-            start = 0
-            for size in sizes:
-                sl = slice(start, start + size)
-                start += size
+            for start in range(0, len(b.y), bs):
+                sl = slice(start, start + bs)
                 tids = None if b.task_ids is None else b.task_ids[sl]
                 loss = F.cross_entropy(self.model(b.x[sl], tids).float(), b.y[sl])
                 grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
@@ -398,10 +395,11 @@ def _linear_fisher(
 
 
 def _linear_batched_fisher(
-    model: nn.Module, names: list[str], b: Batch, sizes: list[int], out: dict[str, Tensor]
+    model: nn.Module, names: list[str], b: Batch, bs: int, out: dict[str, Tensor]
 ) -> bool:
-    """Squared minibatch-mean gradients of ``nn.Linear`` layers for consecutive minibatches of
-    ``sizes`` in ``b``, from one forward and one backward; False if the closed form is N/A.
+    """Squared minibatch-mean gradients of ``nn.Linear`` layers for the consecutive minibatches
+    of ``bs`` samples in ``b`` (the last may be shorter), from one forward and one backward;
+    False if the closed form is N/A.
 
     Minibatch k's weight gradient is ``sum_{n in k} delta_n a_n^T`` with ``delta_n`` the
     gradient of ``loss_n / |k|`` at the layer's output: a batched matmul over minibatches.
@@ -410,26 +408,23 @@ def _linear_batched_fisher(
     if io is None:
         return False
     owner, layers, inputs, outputs, logp = io
-    weight = torch.cat([torch.full((s,), 1.0 / s, device=logp.device) for s in sizes])
+    n = len(b.y)
+    full = n - n % bs
+    # (first sample, minibatches, minibatch size): the full minibatches, then the remainder.
+    runs = [(0, full // bs, bs)] if full else []
+    runs += [(full, 1, n - full)] if n > full else []
+    weight = torch.cat([logp.new_full((k * size,), 1.0 / size) for _, k, size in runs])
     nll = -(logp.gather(1, b.y[:, None]).squeeze(1) * weight).sum()
     deltas = dict(zip(layers, torch.autograd.grad(nll, outputs), strict=True))
-    groups: list[tuple[int, int, int]] = []  # (start, minibatches, size) of equal-size runs
-    start = 0
-    for s in sizes:
-        if groups and groups[-1][2] == s and groups[-1][0] + groups[-1][1] * s == start:
-            groups[-1] = (groups[-1][0], groups[-1][1] + 1, s)
-        else:
-            groups.append((start, 1, s))
-        start += s
-    for full, (mod, pname) in owner.items():
+    for name, (mod, pname) in owner.items():
         d, a = deltas[mod].float(), inputs[mod]
-        for g0, k, s in groups:
-            dk = d[g0 : g0 + k * s].reshape(k, s, -1)
+        for start, k, size in runs:
+            dk = d[start : start + k * size].reshape(k, size, -1)
             if pname == "weight":
-                ak = a[g0 : g0 + k * s].reshape(k, s, -1)
-                out[full] += torch.bmm(dk.transpose(1, 2), ak).pow(2).sum(0)
+                ak = a[start : start + k * size].reshape(k, size, -1)
+                out[name] += torch.bmm(dk.transpose(1, 2), ak).pow(2).sum(0)
             else:
-                out[full] += dk.sum(1).pow(2).sum(0)
+                out[name] += dk.sum(1).pow(2).sum(0)
     return True
 
 

@@ -21,6 +21,18 @@ needs_fmnist = pytest.mark.skipif(
     not FMNIST.exists(), reason="needs the Debian package dataset-fashion-mnist"
 )
 
+# Override sets the strategy tests share: one epoch on split_digits (seconds), and the loop of
+# the Fashion-MNIST tests (one epoch of Adam 0.001, batch 32).
+DIGITS_1EPOCH = ("stream=split_digits", "train.epochs=1", "checkpoint.enabled=false", "device=cpu")
+ADAM_1EPOCH = (
+    "train.epochs=1",
+    "train.batch_size=32",
+    "train.optimizer=adam",
+    "train.lr=0.001",
+    "checkpoint.enabled=false",
+    "device=cpu",
+)
+
 
 # Tests import it under this name.
 compose_cfg = compose_config

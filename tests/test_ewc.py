@@ -8,19 +8,14 @@ import torch
 from torch import nn
 
 from cl.run import run_experiment
-from tests.conftest import needs_fmnist
+from tests.conftest import ADAM_1EPOCH, DIGITS_1EPOCH, needs_fmnist
 
-DIGITS = ("stream=split_digits", "train.epochs=1", "checkpoint.enabled=false", "device=cpu")
+DIGITS = DIGITS_1EPOCH
 PERMUTED = (
     "stream=permuted_fmnist",
     "stream.max_train_per_experience=10000",
     "stream.max_test_per_experience=2000",
-    "train.epochs=1",
-    "train.batch_size=32",
-    "train.optimizer=adam",
-    "train.lr=0.001",
-    "checkpoint.enabled=false",
-    "device=cpu",
+    *ADAM_1EPOCH,
 )
 
 

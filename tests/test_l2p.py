@@ -96,16 +96,8 @@ def test_eval_batch_size_invariance_and_batchwise_leak(make_cfg):
 
 
 def test_selection_options():
-    info = StreamInfo(
-        name="x",
-        scenario="task_il",
-        n_classes=4,
-        n_experiences=2,
-        classes=[[0, 1], [2, 3]],
-        task_classes=[[0, 1], [2, 3]],
-        modality="vision",
-        input_shape=(1, 8, 8),
-        has_task_ids=True,
+    info = StreamInfo.of(
+        "x", [[0, 1], [2, 3]], scenario="task_il", modality="vision", input_shape=(1, 8, 8)
     )
     from cl.models.vit import ViTConfig, build_vit
     from cl.strategy import RunContext, TrainConfig
@@ -134,16 +126,12 @@ def test_split_cifar100_experiment_composes_with_paper_hyperparameters(make_cfg,
     assert (t.optimizer, t.lr, t.batch_size, t.epochs) == ("adam", 0.03, 128, 5)
     assert m.arch.startswith("vit_base_patch16_224") and m.img_size == 224
     # Build model and strategy without downloading: random weights, stream metadata only.
-    info = StreamInfo(
-        name="split_cifar100",
+    info = StreamInfo.of(
+        "split_cifar100",
+        [list(range(i, i + 10)) for i in range(0, 100, 10)],
         scenario="class_il",
-        n_classes=100,
-        n_experiences=10,
-        classes=[list(range(i, i + 10)) for i in range(0, 100, 10)],
-        task_classes=[list(range(i, i + 10)) for i in range(0, 100, 10)],
         modality="vision",
         input_shape=(3, 32, 32),
-        has_task_ids=True,
     )
     from cl.config import to_dataclass
     from cl.strategy import RunContext, TrainConfig

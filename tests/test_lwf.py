@@ -9,20 +9,15 @@ from torch.nn import functional as F
 
 from cl.run import run_experiment
 from cl.strategy import Batch
-from tests.conftest import needs_fmnist
+from tests.conftest import ADAM_1EPOCH, DIGITS_1EPOCH, needs_fmnist
 
-DIGITS = ("stream=split_digits", "train.epochs=1", "checkpoint.enabled=false", "device=cpu")
+DIGITS = DIGITS_1EPOCH
 SPLIT_TIL = (
     "stream=split_fmnist",
     "stream.scenario=task_il",
     "stream.max_train_per_experience=3000",
     "stream.max_test_per_experience=1000",
-    "train.epochs=1",
-    "train.batch_size=32",
-    "train.optimizer=adam",
-    "train.lr=0.001",
-    "checkpoint.enabled=false",
-    "device=cpu",
+    *ADAM_1EPOCH,
 )
 
 

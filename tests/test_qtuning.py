@@ -41,17 +41,7 @@ def tiny_setup(n_tasks: int, strategy: str, **cfg: object):
         BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     )
     tc = [[2 * t, 2 * t + 1] for t in range(n_tasks)]
-    info = StreamInfo(
-        name="synthetic",
-        scenario="task_il",
-        n_classes=2 * n_tasks,
-        n_experiences=n_tasks,
-        classes=tc,
-        task_classes=tc,
-        modality="text",
-        input_shape=None,
-        has_task_ids=True,
-    )
+    info = StreamInfo.of("synthetic", tc, scenario="task_il", modality="text")
     backbone = HFEncoder(bert, pooling="mean", freeze=True)
     model = CLModel(backbone, make_head(ModelConfig(), 32, info), 32)
     train = TrainConfig(epochs=1, batch_size=4, lr=0.05, optimizer="adam")

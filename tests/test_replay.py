@@ -9,17 +9,12 @@ import torch
 from cl.run import run_experiment
 from cl.streams.base import TensorData
 from strategies.replay import _reservoir
-from tests.conftest import needs_fmnist
+from tests.conftest import ADAM_1EPOCH, DIGITS_1EPOCH, needs_fmnist
 
-DIGITS = ("stream=split_digits", "train.epochs=1", "checkpoint.enabled=false", "device=cpu")
+DIGITS = DIGITS_1EPOCH
 FMNIST = (
     "stream.max_test_per_experience=2000",
-    "train.epochs=1",
-    "train.batch_size=32",
-    "train.optimizer=adam",
-    "train.lr=0.001",
-    "checkpoint.enabled=false",
-    "device=cpu",
+    *ADAM_1EPOCH,
 )
 
 

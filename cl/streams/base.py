@@ -157,3 +157,28 @@ class StreamInfo:
     modality: str
     input_shape: tuple[int, ...] | None
     has_task_ids: bool
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        task_classes: list[list[int]],
+        *,
+        scenario: str,
+        modality: str,
+        input_shape: tuple[int, ...] | None = None,
+        has_task_ids: bool = True,
+    ) -> StreamInfo:
+        """Metadata of experiences with ``task_classes`` (global class ids ``0..n-1``): for
+        models and strategies built without a stream (benchmarks, synthetic tests)."""
+        return cls(
+            name=name,
+            scenario=scenario,
+            n_classes=1 + max(c for cs in task_classes for c in cs),
+            n_experiences=len(task_classes),
+            classes=task_classes,
+            task_classes=task_classes,
+            modality=modality,
+            input_shape=input_shape,
+            has_task_ids=has_task_ids,
+        )
