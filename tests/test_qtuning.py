@@ -18,19 +18,6 @@ from cl.streams.base import Experience, StreamInfo, TensorData
 from strategies.progprompt import ProgPrompt, ProgPromptConfig
 from strategies.qtuning import QTuning, QTuningConfig
 
-TEXT = [
-    "stream=text_offline",
-    # Pinned: the measured bounds below belong to these tasks, not to the stream's default list.
-    "stream.tasks=['bbc:business,tech',tweets,'bbc:entertainment,politics,sports']",
-    "stream.max_len=32",
-    "stream.k_shot=8",
-    "stream.max_test_per_class=20",
-    "model=hf_encoder",
-    "train.optimizer=adam",
-    "train.batch_size=8",
-    "train.eval_batch_size=256",
-]
-
 
 def tiny_setup(n_tasks: int, strategy: str, **cfg: object):
     """A small random BERT and synthetic token tasks (structure tests need no pretrained model)."""
@@ -117,6 +104,7 @@ def test_queue_bounded_prompt_length_flat_and_ledger_counts_everything():
         rows = len(strat.queue) * lp * d
         coefs = sum(x.numel() for x in strat.queue.coefs.values())
         agg = (t + 1) * d * r + sum(min(i, c - 1) + 1 for i in range(t + 1)) * lp * r
+        agg += (t + 1) * p * d  # each trained task's own prefix
         own = p * d + mlp + lp * d + (n * lp + d) * r  # prefix, MLP, last prompt and its U, V
         assert strat.extra_state_bytes() == 4 * (rows + coefs + agg + own)
     assert len(strat.queue.dropped) == 8 - c
@@ -135,6 +123,28 @@ def test_state_round_trip_after_evictions():
         assert torch.equal(a.predict(x, t), b.predict(x, t))
 
 
+# The papers' setting: the output layer stays frozen (T5's verbaliser there, the seeded random
+# head here), so the prompts carry all task knowledge. Four learnable tasks (tweet polarity is
+# the hard one), 16 shots per class, 50 test texts per class.
+FROZEN_HEADS = [
+    "stream=text_offline",
+    "stream.tasks=['bbc:business,tech','bbc:entertainment,politics',"
+    "'tweets:negative,positive','bbc:politics,sports']",
+    "stream.max_len=32",
+    "stream.k_shot=16",
+    "stream.max_test_per_class=50",
+    "model=hf_encoder",
+    "strategy.train_head=false",
+    "strategy.readout=prompt",
+    "train.optimizer=adam",
+    "train.lr=0.1",
+    "train.epochs=20",
+    "train.batch_size=8",
+    "train.eval_batch_size=256",
+    "checkpoint.enabled=false",
+]
+
+
 def _task_acc(strat, stream, j):
     strat.model.eval()
     return accuracy(
@@ -149,17 +159,11 @@ def _task_acc(strat, stream, j):
 
 def test_eviction_keeps_old_task_accuracy(make_cfg):
     """Bound: compressing a full queue (C=2 -> 1 principal direction) costs every old task at
-    most 0.1 accuracy on the offline text tasks (frozen MiniLM, prompt read-out; measured:
-    0.075 on BBC business/tech, 0 on tweets). Rank one out of two prompts is the harshest case."""
-    cfg = make_cfg(
-        *TEXT,
-        "strategy=qtuning",
-        "strategy.capacity=2",
-        "strategy.readout=prompt",
-        "train.lr=0.03",
-        "train.epochs=6",
-        "checkpoint.enabled=false",
-    )
+    most 0.1 accuracy (frozen MiniLM and head, the first two tasks of FROZEN_HEADS; measured:
+    0.90 / 0.88 before, 0.90 / 0.91 after). Rank one out of two prompts is the harshest case.
+    With trained heads (the linear probe fitted to the full prompt's features) one BBC task
+    lost 0.15."""
+    cfg = make_cfg(*FROZEN_HEADS, "strategy=qtuning", "strategy.capacity=2")
     built = build(cfg)
     strat, stream = built.strategy, built.stream
     init = {k: v.clone() for k, v in strat.backbone.state_dict().items()}
@@ -170,37 +174,56 @@ def test_eviction_keeps_old_task_accuracy(make_cfg):
     after = [_task_acc(strat, stream, j) for j in range(2)]
     assert len(strat.queue) == 1
     assert all(a >= b - 0.1 for a, b in zip(after, before, strict=True)), (before, after)
-    assert max(before) > 0.8  # the tasks were learned (BBC topics)
+    assert min(before) > 0.8  # both tasks were learned (BBC topics)
     assert all(torch.equal(v, init[k]) for k, v in strat.backbone.state_dict().items())
 
 
 @pytest.mark.slow
-def test_qtuning_matches_progprompt_and_forgets_less_than_prompt_tuning(make_cfg, tmp_path):
-    common = [
-        *TEXT,
-        "strategy.readout=prompt",
-        "train.lr=0.03",
-        "train.epochs=8",
-        "checkpoint.enabled=false",
-    ]
-    recs = {
-        s: run_experiment(make_cfg(*common, f"strategy={s}", *extra), tmp_path / s)
-        for s, extra in {
-            "prompt_tuning": [],
-            "progprompt": [],
-            "qtuning": ["strategy.capacity=2"],  # bounded: 3 tasks through a 2-prompt queue
-        }.items()
+def test_frozen_heads_qtuning_matches_progprompt_and_both_forget_far_less(make_cfg, tmp_path):
+    """Means over seeds 0 and 1 (one seed moves progprompt's accuracy by 0.07). Measured:
+    qtuning 0.841 / forgetting -0.002 (capacity 3 < 4 tasks: one eviction), progprompt
+    0.818 / 0, prompt_tuning 0.673 / 0.227."""
+    runs = {
+        "prompt_tuning": [],
+        "progprompt": [],
+        "qtuning": ["strategy.capacity=3"],  # bounded: 4 tasks through a 3-prompt queue
     }
-    m = {s: r.metrics() for s, r in recs.items()}
-    # Measured 0.789/0.004 (qtuning), 0.789/0 (progprompt), 0.736/0.021 (prompt_tuning). Only
-    # "less", not "far less": per-task heads on the frozen encoder absorb the shared prompt's
-    # drift. With frozen heads (train_head=false) prompt_tuning forgets 0.2-0.3, but a bounded
-    # queue forgets about as much (0.16-0.37): task prompts are near-orthogonal, so keeping C-1
-    # directions loses a whole prompt's worth, and the shared prefix drifts.
+    m: dict[str, dict[str, float]] = {}
+    for s, extra in runs.items():
+        per_seed = [
+            run_experiment(
+                make_cfg(*FROZEN_HEADS, f"strategy={s}", f"seed={seed}", *extra),
+                tmp_path / f"{s}{seed}",
+            ).metrics()
+            for seed in (0, 1)
+        ]
+        m[s] = {k: sum(r[k] for r in per_seed) / 2 for k in ("avg_acc", "forgetting")}
     assert m["qtuning"]["avg_acc"] >= m["progprompt"]["avg_acc"] - 0.02, m
-    assert m["progprompt"]["forgetting"] == 0.0  # frozen prompts up to the task: exact
-    assert m["qtuning"]["forgetting"] <= 0.02, m
-    assert m["prompt_tuning"]["forgetting"] > max(m["qtuning"]["forgetting"], 0.0), m
+    assert m["progprompt"]["forgetting"] == 0.0, m  # frozen prompts up to the task: exact
+    assert m["qtuning"]["forgetting"] <= 0.03, m  # only the eviction can cost old tasks
+    # "Far less": prompt tuning loses a large share of old tasks, 5x the others at least.
+    assert m["prompt_tuning"]["forgetting"] >= 0.15, m
+    assert m["prompt_tuning"]["forgetting"] >= 5 * max(m["qtuning"]["forgetting"], 0.02), m
+    assert m["qtuning"]["avg_acc"] >= m["prompt_tuning"]["avg_acc"] + 0.1, m
+
+
+def test_old_tasks_read_their_own_prefix(make_cfg):
+    """Without an eviction nothing an old task reads changes (its prompts, aggregation factors
+    and its own prefix are frozen), so its predictions are bit-identical after later tasks;
+    reading the latest prefix instead lets them move."""
+    preds = {}
+    for mode in ("own", "latest"):
+        strat, exps = tiny_setup(3, "qtuning", capacity=3, prefix_at_test=mode)
+        x, t, own = exps[0].test.x, exps[0].test.t, exps[0].classes  # its logits only
+        strat.train_experience(exps[0])
+        with torch.inference_mode():
+            first = strat.predict(x, t)[:, own]
+        for e in exps[1:]:
+            strat.train_experience(e)
+        with torch.inference_mode():
+            preds[mode] = (first, strat.predict(x, t)[:, own])
+    assert torch.equal(*preds["own"])
+    assert not torch.allclose(*preds["latest"])
 
 
 def test_experiment_config_composes_with_a_bounded_queue(make_cfg):
