@@ -138,9 +138,8 @@ class QTuning(PromptStrategy[QTuningConfig]):
         self.u, self.v = nn.Parameter(u), nn.Parameter(v)
 
     def _prefix(self, task: int | None = None) -> list[Tensor]:
-        if self.config.prefix_length == 0:
-            return []
-        return [self.prefixes.get(task, self.prefix) if task is not None else self.prefix]
+        """The prefix ``task`` reads: its own if kept, else the current one (none if P = 0)."""
+        return [self.prefixes.get(task, self.prefix)] if self.config.prefix_length > 0 else []
 
     def _materialise(self) -> Tensor:
         return self.current if self.mlp is None else self.mlp(self.current)
