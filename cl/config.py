@@ -86,6 +86,9 @@ class RunConfig:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         resume: A run directory to continue from its last checkpoint.
         name: Run name (default: ``<strategy>-<stream>-s<seed>``).
+        allow_task_oracle: Let a strategy that needs task ids at test time run on a class_il
+            or domain_il stream; its results are labelled ``task_aware`` (never ranked beside
+            task-agnostic ones). Without it such a run is refused.
     """
 
     stream: Any = MISSING
@@ -98,6 +101,7 @@ class RunConfig:
     device: str = "auto"
     resume: str | None = None
     name: str | None = None
+    allow_task_oracle: bool = False
 
 
 def _run_dir(resume: str | None, default: str) -> str:
@@ -201,7 +205,9 @@ def build(cfg: DictConfig) -> Built:
 
     strat_cls = get_strategy(str(cfg.strategy.name))
     strat_cfg = to_dataclass(cfg.strategy, strat_cls.config_cls, "strategy")
-    strat_cls.check_stream(info)
+    strat_cls.check_stream(
+        info, config=strat_cfg, allow_task_oracle=bool(cfg.get("allow_task_oracle", False))
+    )
 
     torch.manual_seed(int(cfg.seed))
     m_entry = MODELS.get(str(cfg.model.name))

@@ -8,7 +8,9 @@ Two views:
 * task-aware (when the stream has task ids): the strategy gets the task ids and logits are
   masked to the classes of the sample's task.
 
-The stream's scenario picks the primary matrix: task-aware for task_il, task-agnostic otherwise.
+The primary matrix is task-aware for task_il streams and for strategies that need task ids
+at test time (run on class_il/domain_il only with ``allow_task_oracle=true``), task-agnostic
+otherwise; :func:`protocol` names it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cl.metrics import evaluation_protocol
 from cl.strategy import Strategy
 from cl.streams.base import Experience, Stream, TensorData
 
@@ -99,7 +102,7 @@ def evaluate_row(
     agnostic = None
     # task_il is defined by task ids at test time (a multi-head model over tasks that share
     # classes cannot even predict without them), so it has no task-agnostic matrix.
-    if not strategy.needs_task_id_at_test and stream.scenario != "task_il":
+    if not strategy.requires_task_ids(strategy.config) and stream.scenario != "task_il":
         agnostic = [
             accuracy(
                 strategy,
@@ -125,6 +128,13 @@ def evaluate_row(
             for e in stream.experiences
         ]
     return agnostic, aware
+
+
+def protocol(strategy: Strategy[Any], scenario: str) -> str:
+    """``task_aware`` or ``task_agnostic``: the protocol of the run's primary matrix."""
+    return evaluation_protocol(
+        scenario, task_ids_at_test=strategy.requires_task_ids(strategy.config)
+    )
 
 
 def primary(scenario: str, agnostic: list[float] | None, aware: list[float] | None) -> list[float]:

@@ -28,7 +28,7 @@ from cl.config import (
     register_configs,
 )
 from cl.errors import CLError, NonFiniteLossError
-from cl.evaluate import evaluate_row, primary
+from cl.evaluate import evaluate_row, primary, protocol
 from cl.logging.base import RunRecord, Sink
 from cl.logging.console import ConsoleSink
 from cl.logging.files import FileSink
@@ -128,6 +128,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> RunRecord:
             },
             scenario=stream.scenario,
             versions=_versions(),
+            evaluation=protocol(strategy, stream.scenario),
         )
         if cfg.get("resume"):  # died before its first checkpoint: keep the W&B run going
             record.wandb_id = _previous_wandb_id(run_dir)

@@ -156,8 +156,30 @@ class Strategy(ABC, Generic[C]):
 
     # ----------------------------------------------------------------- checks
     @classmethod
-    def check_stream(cls, info: StreamInfo) -> None:
-        """Raise :class:`ConfigError` when this strategy cannot run on the stream."""
+    def requires_task_ids(cls, config: StrategyConfig) -> bool:
+        """Whether the strategy, with ``config``, needs task ids at test time.
+
+        Default: the class attribute ``needs_task_id_at_test``; strategies where it depends on
+        the config (e.g. ``adapters`` with ``routing=oracle``) override this.
+        """
+        return cls.needs_task_id_at_test
+
+    @classmethod
+    def check_stream(
+        cls,
+        info: StreamInfo,
+        *,
+        config: StrategyConfig | None = None,
+        allow_task_oracle: bool = False,
+    ) -> None:
+        """Raise :class:`ConfigError` when this strategy cannot run on the stream.
+
+        Args:
+            info: The stream's metadata.
+            config: The strategy's config (None: judge by the class attributes alone).
+            allow_task_oracle: Let a strategy that needs task ids at test time run on a
+                class_il or domain_il stream (its results are then labelled task_aware).
+        """
         if info.scenario not in cls.scenarios:
             raise ConfigError(
                 f"strategy {cls.name!r} supports scenarios {', '.join(cls.scenarios)}; "
@@ -168,10 +190,17 @@ class Strategy(ABC, Generic[C]):
                 f"strategy {cls.name!r} supports {', '.join(cls.modalities)} streams; "
                 f"stream {info.name!r} is {info.modality}"
             )
-        if cls.needs_task_id_at_test and not info.has_task_ids:
+        needs_ids = cls.needs_task_id_at_test if config is None else cls.requires_task_ids(config)
+        if needs_ids and not info.has_task_ids:
             raise ConfigError(
                 f"strategy {cls.name!r} needs task ids at test time, but stream {info.name!r} "
                 "has none (set stream.task_labels=true or choose a task_il stream)"
+            )
+        if needs_ids and info.scenario != "task_il" and not allow_task_oracle:
+            raise ConfigError(
+                f"strategy {cls.name!r} (as configured) needs task ids at test time, but "
+                f"{info.scenario} evaluation is task-agnostic; set allow_task_oracle=true to run "
+                "it anyway (results labelled task_aware) or use stream.scenario=task_il"
             )
 
     # ------------------------------------------------------------------ hooks

@@ -104,11 +104,15 @@ class Adapters(Strategy[AdaptersConfig]):
 
     config_cls = AdaptersConfig
 
+    @classmethod
+    def requires_task_ids(cls, config: StrategyConfig) -> bool:
+        """Oracle routing picks the adapter by the task id: ids needed at test time."""
+        return getattr(config, "routing", None) == "oracle"
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config.validate()
-        # Oracle routing needs task ids: the evaluator reads this per instance.
-        self.needs_task_id_at_test = self.config.routing == "oracle"  # type: ignore[misc]
+        self.needs_task_id_at_test = self.requires_task_ids(self.config)  # type: ignore[misc]
         if self.needs_task_id_at_test and not self.context.stream.has_task_ids:
             raise ConfigError(
                 f"strategy.routing=oracle needs task ids at test time, but stream "

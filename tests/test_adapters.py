@@ -45,7 +45,12 @@ def all_equal(a, b):
 
 @pytest.mark.parametrize("adapter_type", ["lora", "mora"])
 def test_oracle_reactivation_reproduces_logits_exactly(make_cfg, adapter_type):
-    b = built_for(make_cfg, "strategy.routing=oracle", f"strategy.adapter_type={adapter_type}")
+    b = built_for(
+        make_cfg,
+        "strategy.routing=oracle",
+        "allow_task_oracle=true",
+        f"strategy.adapter_type={adapter_type}",
+    )
     s, first = b.strategy, []
     for e in b.stream:
         s.train_experience(e)
@@ -61,7 +66,11 @@ def test_oracle_reactivation_reproduces_logits_exactly(make_cfg, adapter_type):
 
 def test_oracle_run_has_zero_forgetting(make_cfg, tmp_path):
     cfg = make_cfg(
-        "strategy=adapters", *FAST, "strategy.routing=oracle", "strategy.adapter_type=mora"
+        "strategy=adapters",
+        *FAST,
+        "strategy.routing=oracle",
+        "allow_task_oracle=true",
+        "strategy.adapter_type=mora",
     )
     rec = run_experiment(cfg, tmp_path)
     assert rec.metrics()["forgetting"] == 0.0
@@ -71,7 +80,12 @@ def test_oracle_run_has_zero_forgetting(make_cfg, tmp_path):
 
 def test_oracle_needs_task_ids(make_cfg):
     with pytest.raises(ConfigError, match="task ids"):
-        built_for(make_cfg, "strategy.routing=oracle", "stream.task_labels=false")
+        built_for(
+            make_cfg,
+            "strategy.routing=oracle",
+            "allow_task_oracle=true",
+            "stream.task_labels=false",
+        )
     with pytest.raises(ConfigError, match="adapter_type"):
         built_for(make_cfg, "strategy.adapter_type=dora")
 
@@ -117,7 +131,13 @@ def test_deleting_every_partition_restores_the_frozen_model(make_cfg):
 
 def test_vit_backbone_oracle_is_exact(make_cfg):
     vit = ["model=vit", "model.img_size=16", "model.patch_size=4", "model.depth=1"]
-    b = built_for(make_cfg, *vit, "strategy.routing=oracle", "strategy.target_modules=[qkv]")
+    b = built_for(
+        make_cfg,
+        *vit,
+        "strategy.routing=oracle",
+        "allow_task_oracle=true",
+        "strategy.target_modules=[qkv]",
+    )
     s, first = b.strategy, []
     for e in b.stream.experiences[:3]:
         s.train_experience(e)
@@ -127,7 +147,7 @@ def test_vit_backbone_oracle_is_exact(make_cfg):
 
 def test_shared_head_is_trained_once_and_oracle_stays_exact(make_cfg):
     stream = ["stream=permuted_digits", "stream.n_experiences=3", "strategy.head=shared"]
-    b = built_for(make_cfg, *stream, "strategy.routing=oracle")
+    b = built_for(make_cfg, *stream, "strategy.routing=oracle", "allow_task_oracle=true")
     s, first, head0 = b.strategy, [], None
     for e in b.stream:
         s.train_experience(e)

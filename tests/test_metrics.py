@@ -49,7 +49,9 @@ def test_max_based_forgetting_differs_from_first_minus_last():
 
 def test_partial_matrix_uses_rows_present():
     r = [[0.9, 0.2, 0.1], [0.4, 0.8, 0.3]]
-    assert M.avg_acc(r) == pytest.approx((0.4 + 0.8 + 0.3) / 3)
+    # Interim avg_acc: experiences seen so far only (j <= 1), not the untrained experience 2.
+    assert M.avg_acc(r) == pytest.approx((0.4 + 0.8) / 2)
+    assert M.avg_acc(r[:1]) == pytest.approx(0.9)
     assert M.forgetting(r) == pytest.approx(0.5)
     assert M.bwt(r) == pytest.approx(-0.5)
     assert M.fwt(r, [0.1, 0.1, 0.1]) == pytest.approx(0.2 - 0.1)
@@ -66,3 +68,42 @@ def test_single_row_and_perfect_memory():
 def test_bad_shape_rejected():
     with pytest.raises(ValueError):
         M.avg_acc([[0.1, 0.2], [0.1, 0.2], [0.3, 0.3]])
+
+
+def test_interim_avg_acc_row_by_row_and_final_unchanged():
+    for i in range(len(R)):
+        assert M.avg_acc(R[: i + 1]) == pytest.approx(sum(R[i][: i + 1]) / (i + 1))
+    assert M.all_metrics(R[:1], B)["avg_acc"] == R[0][0]
+    assert M.avg_acc(R) == pytest.approx(sum(R[-1]) / len(R[-1]))
+
+
+def test_evaluation_protocol_of_a_run():
+    assert M.evaluation_protocol("task_il", task_ids_at_test=False) == M.TASK_AWARE
+    assert M.evaluation_protocol("class_il", task_ids_at_test=False) == M.TASK_AGNOSTIC
+    assert M.evaluation_protocol("domain_il", task_ids_at_test=False) == M.TASK_AGNOSTIC
+    # A strategy given task ids (allow_task_oracle=true) is task-aware whatever the stream.
+    assert M.evaluation_protocol("class_il", task_ids_at_test=True) == M.TASK_AWARE
+    assert M.evaluation_protocol("domain_il", task_ids_at_test=True) == M.TASK_AWARE
+
+
+def test_fwt_is_null_in_task_agnostic_class_il_and_defined_elsewhere():
+    # Task-agnostic class_il with seen-class masking: R[j-1][j] = 0, so mean(R[j-1][j] - b[j])
+    # would be -mean(b[1:]) for every strategy. Two different "strategies" show it.
+    naive = [[0.99, 0.0, 0.0], [0.0, 0.98, 0.0], [0.0, 0.0, 0.97]]
+    replay = [[0.99, 0.0, 0.0], [0.90, 0.95, 0.0], [0.85, 0.90, 0.96]]
+    assert M.fwt(naive, B) == M.fwt(replay, B) == pytest.approx(-(B[1] + B[2]) / 2)
+    undefined = M.undefined_metrics("class_il", M.TASK_AGNOSTIC)
+    assert set(undefined) == {"fwt"} and "R[j-1][j] is 0" in undefined["fwt"]
+    for r in (naive, replay):
+        m = M.all_metrics(r, B, undefined=undefined)
+        assert m["fwt"] is None
+        assert m["avg_acc"] == pytest.approx(M.avg_acc(r))  # the others stay defined
+    # Task-aware class_il, domain_il and task_il: FWT = mean_{j>=1} (R[j-1][j] - b[j]).
+    for scenario, protocol in (
+        ("class_il", M.TASK_AWARE),
+        ("domain_il", M.TASK_AGNOSTIC),
+        ("task_il", M.TASK_AWARE),
+    ):
+        assert M.undefined_metrics(scenario, protocol) == {}
+        m = M.all_metrics(R, B, undefined=M.undefined_metrics(scenario, protocol))
+        assert m["fwt"] == pytest.approx(((0.1 - 0.15) + (0.1 - 0.05)) / 2)

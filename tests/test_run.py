@@ -40,7 +40,12 @@ def test_default_run_writes_results_schema(make_cfg, tmp_path):
     assert min(a[i][i] for i in range(5)) > 0.9
     assert r["metrics"]["avg_acc"] == pytest.approx(M.avg_acc(a))
     assert r["metrics"]["forgetting"] == pytest.approx(M.forgetting(a))
-    assert r["metrics"]["fwt"] == pytest.approx(M.fwt(a, r["baseline_acc"]))
+    # Task-agnostic class_il: R[j-1][j] is 0 by construction, so FWT is null with its reason;
+    # the task-aware FWT (task-aware matrix and baseline) is reported instead.
+    assert r["evaluation"] == r["stream"]["evaluation"] == "task_agnostic"
+    assert r["metrics"]["fwt"] is None and "class_il" in r["metrics_undefined"]["fwt"]
+    ta_fwt = M.fwt(r["acc_matrix_task_aware"], r["baseline_acc_task_aware"])
+    assert r["metrics_task_aware"]["fwt"] == pytest.approx(ta_fwt)
     # Task-aware matrix exists (split_digits has task ids) and is >= the agnostic one.
     ta = r["acc_matrix_task_aware"]
     assert len(ta) == 5 and all(ta[i][j] >= a[i][j] for i in range(5) for j in range(5))
@@ -48,6 +53,10 @@ def test_default_run_writes_results_schema(make_cfg, tmp_path):
     assert len(r["per_experience"]) == 5 and r["per_experience"][4]["index"] == 4
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert len(rows) == 5 and float(rows[4]["avg_acc"]) == pytest.approx(r["metrics"]["avg_acc"])
+    # Interim avg_acc: the experiences seen so far (row 0: R[0][0], not a mean with 0s).
+    assert float(rows[0]["avg_acc"]) == pytest.approx(a[0][0])
+    assert float(rows[2]["avg_acc"]) == pytest.approx(sum(a[2][:3]) / 3)
+    assert rows[0]["evaluation"] == "task_agnostic" and rows[4]["fwt"] == ""
     assert (tmp_path / "checkpoints" / "last.pt").exists()
     assert rec.status == "complete"
 

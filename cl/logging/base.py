@@ -33,24 +33,36 @@ class RunRecord:
     finished: str | None = None
     error: str | None = None
     wandb_id: str | None = None
+    evaluation: str | None = None
 
     @property
     def n_done(self) -> int:
         return len(self.acc_matrix)
 
+    @property
+    def protocol(self) -> str:
+        """``task_aware`` or ``task_agnostic``: how ``acc_matrix`` was measured (records from
+        before the field existed: task_aware on task_il, else task_agnostic)."""
+        return self.evaluation or M.evaluation_protocol(self.scenario, task_ids_at_test=False)
+
+    def undefined_metrics(self) -> dict[str, str]:
+        """Metrics that are null under this run's protocol -> the reason."""
+        return M.undefined_metrics(self.scenario, self.protocol)
+
     def metrics(self) -> dict[str, float | None]:
         if not self.acc_matrix:
-            return dict.fromkeys(("avg_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt"))
-        return dict(M.all_metrics(self.acc_matrix, self.baseline))
+            return dict.fromkeys(M.METRICS)
+        return M.all_metrics(self.acc_matrix, self.baseline, undefined=self.undefined_metrics())
 
     def metrics_task_aware(self) -> dict[str, float | None] | None:
         if not self.acc_matrix_task_aware or self.baseline_task_aware is None:
             return None
-        return dict(M.all_metrics(self.acc_matrix_task_aware, self.baseline_task_aware))
+        return M.all_metrics(self.acc_matrix_task_aware, self.baseline_task_aware)
 
     def to_results(self) -> dict[str, Any]:
         return {
             "schema": 1,
+            "evaluation": self.protocol,
             "run": {
                 "name": self.name,
                 "seed": self.seed,
@@ -63,12 +75,13 @@ class RunRecord:
                 "wandb_id": self.wandb_id,
             },
             "config": self.config,
-            "stream": self.stream,
+            "stream": {**self.stream, "evaluation": self.protocol},
             "acc_matrix": self.acc_matrix,
             "acc_matrix_task_aware": self.acc_matrix_task_aware,
             "baseline_acc": self.baseline,
             "baseline_acc_task_aware": self.baseline_task_aware,
             "metrics": self.metrics(),
+            "metrics_undefined": self.undefined_metrics(),
             "metrics_task_aware": self.metrics_task_aware(),
             "budget": self.budget.to_dict(),
             "per_experience": self.per_experience,

@@ -65,10 +65,16 @@ class ConsoleSink(Sink):
 
 def format_summary(record: RunRecord) -> str:
     """The accuracy matrix and the final metrics as plain-text tables."""
-    lines = [f"run {record.name} [{record.status}]"]
+    lines = [
+        f"run {record.name} [{record.status}]",
+        f"evaluation: {record.protocol} ({record.scenario} stream)",
+    ]
     if record.acc_matrix:
         t = len(record.acc_matrix[0])
-        lines.append("accuracy matrix (row: after experience i, column: test on experience j)")
+        lines.append(
+            f"{record.protocol} accuracy matrix "
+            "(row: after experience i, column: test on experience j)"
+        )
         lines.append("      " + " ".join(f"{f'e{j}':>6}" for j in range(t)))
         for i, row in enumerate(record.acc_matrix):
             lines.append(f"{f'e{i}':>5} " + " ".join(f"{a:6.3f}" for a in row))
@@ -76,6 +82,11 @@ def format_summary(record: RunRecord) -> str:
     lines.append(f"{'metric':<22}{'value':>10}")
     for k, v in m.items():
         lines.append(f"{k:<22}{'-' if v is None else f'{v:.4f}':>10}")
+    aware = record.metrics_task_aware() if record.protocol != "task_aware" else None
+    for k, why in record.undefined_metrics().items():
+        lines.append(f"  {k} is null: {why}")
+        if aware is not None and aware.get(k) is not None:
+            lines.append(f"{f'{k} (task-aware)':<22}{aware[k]:>10.4f}")
     b = record.budget
     lines.append(f"{'trainable_params':<22}{b.trainable_params:>10}")
     lines.append(f"{'extra_state_bytes':<22}{b.extra_state_bytes:>10}")

@@ -41,10 +41,15 @@ class FileSink(Sink):
 
 
 def metrics_csv(record: RunRecord) -> str:
-    """One row per experience: timings, loss, metrics so far and the accuracy row."""
+    """One row per experience: protocol, timings, loss, metrics so far and the accuracy row.
+
+    Row i's metrics use the rows and experiences seen so far (``avg_acc`` = mean_{j<=i}
+    R[i][j]); an undefined metric (e.g. ``fwt`` in task-agnostic class_il) is empty.
+    """
     t = len(record.stream.get("classes", [])) or record.n_done
     cols = [
         "index",
+        "evaluation",
         "train_seconds",
         "eval_seconds",
         "final_loss",
@@ -64,6 +69,7 @@ def metrics_csv(record: RunRecord) -> str:
     for i, pe in enumerate(record.per_experience):
         row = dict(pe)
         row.update(pe.get("metrics", {}))
+        row["evaluation"] = record.protocol
         row.update({f"acc_exp{j}": a for j, a in enumerate(record.acc_matrix[i])})
         w.writerow(row)
     return buf.getvalue()

@@ -109,7 +109,8 @@ class WandbSink(Sink):
             id=record.wandb_id,
             resume="allow" if record.wandb_id else None,
             dir=str(self.run_dir),
-            config=record.config,
+            # The protocol in the config too: reports group by it, never mixing protocols.
+            config={**record.config, "evaluation": record.protocol},
             mode=self.mode,  # type: ignore[arg-type]
             # Flush the local transaction log often: a killed run keeps what it logged.
             settings=wandb.Settings(
@@ -164,6 +165,12 @@ class WandbSink(Sink):
             summary: dict[str, Any] = {
                 f"cl/{k}": v for k, v in record.metrics().items() if v is not None
             }
+            # Never rank task-aware runs beside task-agnostic ones: the summary names the protocol.
+            summary["evaluation"] = record.protocol
+            summary.update({f"undefined/{k}": why for k, why in record.undefined_metrics().items()})
+            aware = record.metrics_task_aware()
+            if aware is not None and record.protocol != "task_aware":
+                summary.update({f"cl_task_aware/{k}": v for k, v in aware.items() if v is not None})
             summary.update({f"budget/{k}": v for k, v in record.budget.to_dict().items()})
             summary["status"] = record.status
             summary["n_experiences_done"] = record.n_done

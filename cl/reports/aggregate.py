@@ -1,8 +1,10 @@
 """Group runs that differ only by seed, and summarise each group (mean +- std over seeds).
 
-A group is (stream, strategy, variant): the variant names the config values that differ
-between runs of the same stream and strategy other than the seed (say ``train.lr=0.01``), so
-a sweep over a hyperparameter gives one row per value instead of mixing them.
+A group is (stream, evaluation, strategy, variant): the variant names the config values that
+differ between runs of the same stream and strategy other than the seed (say
+``train.lr=0.01``), so a sweep over a hyperparameter gives one row per value instead of mixing
+them. The evaluation protocol (``task_agnostic`` / ``task_aware``) is part of the key: runs
+that were given task ids at test time are never averaged or ranked with runs that were not.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ IGNORED_KEYS = ("seed", "name", "resume", "logger", "checkpoint", "device")
 
 @dataclass
 class Group:
-    """Runs of one stream and strategy (and variant) that differ only by seed."""
+    """Runs of one stream, protocol and strategy (and variant) that differ only by seed."""
 
     stream: str
     strategy: str
     variant: str
     runs: list[Run]
+    evaluation: str = "task_agnostic"
 
     @property
     def label(self) -> str:
@@ -62,20 +65,20 @@ def _short(v: Any) -> str:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Group the complete runs by (stream, strategy, variant), in a stable order."""
-    by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    """Group the complete runs by (stream, evaluation, strategy, variant), in a stable order."""
+    by_pair: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
     for r in runs:
         if r.complete:
-            by_pair[(r.stream, r.strategy)].append(r)
+            by_pair[(r.stream, r.evaluation, r.strategy)].append(r)
     groups: list[Group] = []
-    for (stream, strategy), members in sorted(by_pair.items()):
+    for (stream, evaluation, strategy), members in sorted(by_pair.items()):
         variants = _varying(members)
         by_variant: dict[str, list[Run]] = defaultdict(list)
         for i, r in enumerate(members):
             by_variant[variants[i]].append(r)
         for variant, rs in sorted(by_variant.items()):
             rs.sort(key=lambda r: (r.seed is None, r.seed))
-            groups.append(Group(stream, strategy, variant, rs))
+            groups.append(Group(stream, strategy, variant, rs, evaluation))
     return groups
 
 
@@ -91,6 +94,7 @@ def mean_std(values: list[float | None]) -> tuple[float, float, int]:
 def summary_row(g: Group) -> dict[str, Any]:
     """Final metrics and budget of a group: ``{metric: (mean, std, n)}`` plus labels."""
     row: dict[str, Any] = {"stream": g.stream, "strategy": g.strategy, "variant": g.variant}
+    row["evaluation"] = g.evaluation
     row["label"] = g.label
     row["seeds"] = [r.seed for r in g.runs]
     for m in METRICS:

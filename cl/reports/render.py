@@ -37,14 +37,40 @@ details{margin:.2rem 0}pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;font
 """
 
 
+PROTOCOL_NOTE = {
+    "task_agnostic": "Evaluation: task-agnostic (no task ids at test time).",
+    "task_aware": "Evaluation: task-aware (task ids given at test time, logits masked to the "
+    "task's classes): not comparable with task-agnostic results, so listed apart.",
+}
+
+
 @dataclass
 class Section:
-    """One stream's part of the report."""
+    """One stream's part of the report under one evaluation protocol."""
 
     stream: str
     groups: list[Group]
     rows: list[dict[str, Any]]
     figures: dict[str, bytes] = field(default_factory=dict)
+    evaluation: str = "task_agnostic"
+
+    @property
+    def key(self) -> str:
+        """Names the section's figures (the stream alone for task-agnostic runs)."""
+        return self.stream if self.evaluation == "task_agnostic" else f"{self.stream} task-aware"
+
+    @property
+    def title(self) -> str:
+        return f"{self.stream} — {self.evaluation.replace('_', '-')}"
+
+    def notes(self) -> list[str]:
+        """The protocol, and why a metric of the table is empty."""
+        why: dict[str, str] = {}
+        for g in self.groups:
+            for r in g.runs:
+                why.update(r.undefined)
+        out = [PROTOCOL_NOTE.get(self.evaluation, f"Evaluation: {self.evaluation}.")]
+        return out + [f"{k} is null: {reason}." for k, reason in sorted(why.items())]
 
 
 def slug(text: str) -> str:
@@ -92,15 +118,17 @@ def table_cells(row: dict[str, Any]) -> list[str]:
 
 
 def build_sections(runs: list[Run], defn: ReportDefinition) -> list[Section]:
-    """Group the runs per stream, summarise them, and draw the figures the definition asks."""
+    """Group the runs per stream and evaluation protocol (task-aware runs get their own
+    section, never ranked beside task-agnostic ones), summarise them, and draw the figures the
+    definition asks."""
     sections = []
     groups = group_runs(runs)
-    for stream in sorted({g.stream for g in groups}):
-        gs = [g for g in groups if g.stream == stream]
-        sec = Section(stream, gs, [summary_row(g) for g in gs])
+    for stream, evaluation in sorted({(g.stream, g.evaluation) for g in groups}):
+        gs = [g for g in groups if (g.stream, g.evaluation) == (stream, evaluation)]
+        sec = Section(stream, gs, [summary_row(g) for g in gs], evaluation=evaluation)
         for name, (heading, draw) in FIGURES.items():
             if name in defn.panels:
-                sec.figures[name] = draw(gs, f"{heading} — {stream}")
+                sec.figures[name] = draw(gs, f"{heading} — {sec.title}")
         sections.append(sec)
     return sections
 
@@ -128,15 +156,15 @@ def render_markdown(
         out += [defn.description, ""]
     out += [_counts(runs), ""]
     for sec in sections:
-        out += [f"## {sec.stream}", ""]
+        out += [f"## {sec.title}", ""]
         if "metrics_table" in defn.panels:
-            out += [TABLE_NOTE, ""]
+            out += [" ".join([TABLE_NOTE, *sec.notes()]), ""]
             out += ["| " + " | ".join(TABLE_COLS) + " |", "|" + "---|" * len(TABLE_COLS)]
             out += ["| " + " | ".join(e(c) for c in table_cells(r)) + " |" for r in sec.rows]
             out.append("")
         for name in sec.figures:
             heading = FIGURES[name][0]
-            out += [f"### {heading}", "", f"![{heading}]({fig_paths[f'{sec.stream}/{name}']})", ""]
+            out += [f"### {heading}", "", f"![{heading}]({fig_paths[f'{sec.key}/{name}']})", ""]
     bad = [r for r in runs if not r.complete]
     if "failed_runs" in defn.panels:
         out += ["## Failed and incomplete runs", ""]
@@ -197,9 +225,9 @@ def render_html(defn: ReportDefinition, runs: list[Run], sections: list[Section]
         body.append(f"<p>{e(defn.description)}</p>")
     body.append(f'<p class="meta">{e(_counts(runs))}</p>')
     for sec in sections:
-        body.append(f'<h2 id="{slug(sec.stream)}">{e(sec.stream)}</h2>')
+        body.append(f'<h2 id="{slug(sec.key)}">{e(sec.title)}</h2>')
         if "metrics_table" in defn.panels:
-            body.append(f"<p>{e(TABLE_NOTE)}</p>")
+            body.append(f"<p>{e(' '.join([TABLE_NOTE, *sec.notes()]))}</p>")
             body.append("<table><thead><tr>")
             body += [f"<th>{e(c)}</th>" for c in TABLE_COLS]
             body.append("</tr></thead><tbody>")
@@ -214,7 +242,7 @@ def render_html(defn: ReportDefinition, runs: list[Run], sections: list[Section]
             heading = FIGURES[name][0]
             uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
             body.append(
-                f'<figure><h3>{e(heading)}</h3><img alt="{e(heading)} ({e(sec.stream)})" '
+                f'<figure><h3>{e(heading)}</h3><img alt="{e(heading)} ({e(sec.title)})" '
                 f'src="{uri}"><figcaption>{e(_caption(name))}</figcaption></figure>'
             )
     if "failed_runs" in defn.panels:
@@ -282,9 +310,9 @@ def write_report(runs: list[Run], defn: ReportDefinition, out_dir: Path) -> dict
     fig_paths = {}
     for sec in sections:
         for name, png in sec.figures.items():
-            path = fig_dir / f"{slug(sec.stream)}_{name}.png"
+            path = fig_dir / f"{slug(sec.key)}_{name}.png"
             path.write_bytes(png)
-            fig_paths[f"{sec.stream}/{name}"] = f"figures/{path.name}"
+            fig_paths[f"{sec.key}/{name}"] = f"figures/{path.name}"
     md = out_dir / "report.md"
     md.write_text(render_markdown(defn, runs, sections, fig_paths))
     page = out_dir / "report.html"

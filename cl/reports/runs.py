@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS = ("avg_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt")
+from cl.metrics import METRICS, evaluation_protocol, undefined_metrics
+
+__all__ = ["METRICS", "Run", "find_results", "load_runs", "load_wandb_runs", "run_from_results"]
 
 
 @dataclass
@@ -39,6 +41,9 @@ class Run:
         started: Start time (ISO).
         finished: End time (ISO).
         overrides: Command-line overrides of its job.
+        evaluation: ``task_agnostic`` or ``task_aware``: the protocol of ``acc_matrix`` and
+            ``metrics`` (runs of different protocols are never ranked together).
+        undefined: Metrics that are null under the protocol -> the reason.
     """
 
     source: str
@@ -58,6 +63,8 @@ class Run:
     started: str | None = None
     finished: str | None = None
     overrides: list[str] = field(default_factory=list)
+    evaluation: str = "task_agnostic"
+    undefined: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -116,10 +123,32 @@ def stream_label(name: str | None, stream_cfg: dict[str, Any]) -> str:
     return label
 
 
+def protocol_of(data: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The evaluation protocol of a ``results.json`` and its undefined metrics.
+
+    Files written before the protocol was recorded: task_aware on task_il streams, else
+    task_agnostic, with the metrics undefined under it (fwt in class_il) left out.
+    """
+    stream = data.get("stream") or {}
+    scenario = str(
+        stream.get("scenario") or (data.get("config") or {}).get("stream", {}).get("scenario")
+    )
+    evaluation = data.get("evaluation") or stream.get("evaluation")
+    if evaluation is None:
+        evaluation = evaluation_protocol(scenario, task_ids_at_test=False)
+    undefined = data.get("metrics_undefined")
+    if undefined is None:
+        undefined = undefined_metrics(scenario, str(evaluation))
+    return str(evaluation), dict(undefined)
+
+
 def run_from_results(data: dict[str, Any], source: str, overrides: list[str]) -> Run:
     """Build a :class:`Run` from the parsed contents of a ``results.json``."""
     info = data.get("run", {})
     config = data.get("config") or {}
+    evaluation, undefined = protocol_of(data)
+    metrics = dict(data.get("metrics") or {})
+    metrics.update(dict.fromkeys(undefined))
     return Run(
         source=source,
         name=str(info.get("name", "?")),
@@ -128,7 +157,7 @@ def run_from_results(data: dict[str, Any], source: str, overrides: list[str]) ->
         seed=info.get("seed"),
         status=str(info.get("status", "partial")),
         error=info.get("error"),
-        metrics=dict(data.get("metrics") or {}),
+        metrics=metrics,
         acc_matrix=list(data.get("acc_matrix") or []),
         budget=dict(data.get("budget") or {}),
         per_experience=list(data.get("per_experience") or []),
@@ -138,6 +167,8 @@ def run_from_results(data: dict[str, Any], source: str, overrides: list[str]) ->
         started=info.get("started"),
         finished=info.get("finished"),
         overrides=overrides,
+        evaluation=evaluation,
+        undefined=undefined,
     )
 
 
@@ -174,6 +205,13 @@ def load_wandb_runs(
         rows.sort(key=lambda h: h["experience"])
         t = len([k for k in rows[0] if k.startswith("eval/acc_exp")]) if rows else 0
         status = summary.get("status") or ("complete" if wr.state == "finished" else "partial")
+        scenario = str(wr.config.get("stream", {}).get("scenario"))
+        evaluation = str(
+            summary.get("evaluation") or evaluation_protocol(scenario, task_ids_at_test=False)
+        )
+        undefined = {
+            k.split("/", 1)[1]: str(v) for k, v in summary.items() if k.startswith("undefined/")
+        } or undefined_metrics(scenario, evaluation)
         runs.append(
             Run(
                 source=f"wandb:{'/'.join(wr.path)}",
@@ -183,7 +221,7 @@ def load_wandb_runs(
                 seed=wr.config.get("seed"),
                 status=str(status),
                 error=None if wr.state in ("finished", "running") else f"W&B state {wr.state}",
-                metrics={m: summary.get(f"cl/{m}") for m in METRICS},
+                metrics={m: None if m in undefined else summary.get(f"cl/{m}") for m in METRICS},
                 acc_matrix=[[float(h[f"eval/acc_exp{j}"]) for j in range(t)] for h in rows],
                 budget={
                     k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("budget/")
@@ -195,6 +233,8 @@ def load_wandb_runs(
                 config=dict(wr.config),
                 device=None,
                 started=str(wr.created_at),
+                evaluation=evaluation,
+                undefined=undefined,
             )
         )
     return runs

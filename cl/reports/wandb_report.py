@@ -1,6 +1,7 @@
 """The same report definition as a W&B Report (wandb-workspaces), for runs logged online.
 
-Panels map to W&B panels over a runset of the project grouped by strategy: bars of the final
+Panels map to W&B panels over a runset of the project grouped by evaluation protocol and
+strategy (task-aware runs never averaged with task-agnostic ones): bars of the final
 metrics (mean, stddev), the heatmap images the W&B sink logs, per-task accuracy lines,
 accuracy against extra memory, training time per experience, and a run comparer.
 """
@@ -24,7 +25,10 @@ def build_wandb_report(defn: ReportDefinition, n_tasks: int = 5) -> Any:
     # Without an entity, wandb-workspaces asks the API for the default one (online only).
     owner: dict[str, Any] = {"entity": defn.wandb.entity} if defn.wandb.entity else {}
     runset = wr.Runset(
-        project=defn.wandb.project, name=defn.title, groupby=["config.strategy.name"], **owner
+        project=defn.wandb.project,
+        name=defn.title,
+        groupby=["config.evaluation", "config.strategy.name"],
+        **owner,
     )
     agg: dict[str, Any] = {"groupby_aggfunc": "mean", "groupby_rangefunc": "stddev"}
     tasks: list[Any] = [f"eval/acc_exp{j}" for j in range(min(n_tasks, MAX_TASKS))]
