@@ -108,6 +108,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> RunRecord:
     if checkpoint is not None:
         record = RunRecord.from_state(checkpoint["record"])
         record.status = "partial"
+        record.evaluation = record.evaluation or protocol(strategy, stream.scenario)
         strategy.load_state_dict(checkpoint["strategy"])
         set_rng_state(checkpoint["rng"])
         start = int(checkpoint["next"])
