@@ -83,7 +83,7 @@ def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
 
 
 def _tensor_key(t: torch.Tensor) -> tuple[int, int, int, torch.dtype]:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+    return (t.untyped_storage().data_ptr(), int(t.storage_offset()), t.numel(), t.dtype)
 
 
 def tensor_bytes(obj: Any, *, exclude: Collection[torch.Tensor] = ()) -> int:

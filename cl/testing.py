@@ -214,7 +214,9 @@ def check_resume(
             pass
         else:
             raise AssertionError(f"the run was not killed ({env}={spec})")
-    rec = run_experiment(OmegaConf.merge(cfg, {"resume": str(run_dir)}), run_dir)
+    resumed = OmegaConf.merge(cfg, {"resume": str(run_dir)})
+    assert isinstance(resumed, DictConfig)
+    rec = run_experiment(resumed, run_dir)
     where = f"killed with {env}={spec}"
     assert rec.status == "complete", f"resumed run ({where}) is {rec.status}"
     assert rec.acc_matrix == reference.acc_matrix, (

@@ -50,9 +50,7 @@ def test_state_round_trips(name):
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
-def test_kill_after_experience_2_resumes_identically(
-    name, references, tmp_path, tmp_path_factory
-):
+def test_kill_after_experience_2_resumes_identically(name, references, tmp_path, tmp_path_factory):
     ref = reference(name, references, tmp_path_factory)
     assert len(ref.acc_matrix) >= 3, "the setup needs at least 3 experiences"
     check_resume(compose(setup_overrides(name)), tmp_path / "run", reference=ref, kill_after=1)
