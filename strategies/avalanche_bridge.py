@@ -185,14 +185,14 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
         return refs
 
     def extra_state_bytes(self) -> int:
-        """Tensors held by the Avalanche strategy (buffers at the size of their samples,
-        importances, teachers), beyond the model's own and, as for every strategy, the
-        optimizer's."""
+        """Tensors the Avalanche strategy keeps beyond the model's own: buffers (at the size of
+        their samples), importances, teachers, and the optimizer's state, which Avalanche
+        carries from one experience to the next."""
         if self._av is None:
             return 0
         seen: set[int] = {id(p) for p in self.model.state_dict(keep_vars=True).values()}
         seen |= {id(self.model), id(self._av), id(self._av.evaluator)}
-        held = {k: v for k, v in vars(self._av).items() if k not in {*_TRANSIENT, "optimizer"}}
+        held = {k: v for k, v in vars(self._av).items() if k not in _TRANSIENT}
         return _tensor_bytes(held, seen, 12, self._sample_bytes)
 
 

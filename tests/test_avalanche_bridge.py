@@ -128,3 +128,15 @@ def test_bridge_refuses_a_checkpoint_without_strategy_state():
         b.strategy.load_state_dict(state)
     with pytest.raises(ConfigError, match="not saved \\(TypeError: boom\\)"):
         b.strategy.load_state_dict({**state, "avalanche": None, "unresumable": "TypeError: boom"})
+
+
+def test_bridge_refuses_to_resume_a_strategy_whose_state_cannot_be_saved():
+    from cl.config import build
+
+    cfg = _bridge_cfg("AGEM", ["+strategy.kwargs.patterns_per_exp=20"])
+    a = build(cfg)
+    a.strategy.train_experience(a.stream[0])
+    state = a.strategy.state_dict()  # AGEM keeps a live data-loader iterator: not picklable
+    assert "unresumable" in state
+    with pytest.raises(ConfigError, match="cannot resume Avalanche AGEM: its state was not saved"):
+        build(cfg).strategy.load_state_dict(state)
