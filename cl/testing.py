@@ -10,14 +10,19 @@ Each check builds a small run from config overrides (the strategy's own
 - :func:`check_resume`: a run killed after an experience, or at a step inside one, and resumed
   from its checkpoint gives the identical accuracy matrix and losses as an uninterrupted run.
 
+The run-level checks use the testing hooks of :mod:`cl.run` (``CL_KILL_AFTER_EXPERIENCE`` and
+``CL_KILL_AT_STEP``, here in their in-process ``:raise`` form).
+
 Example (in a pytest file)::
 
-    from cl.testing import check_resume, check_trains, setup_overrides
+    from cl.testing import check_resume, check_trains, compose, run_uninterrupted
+    from cl.testing import setup_overrides
 
     def test_my_strategy(tmp_path):
-        cfg = setup_overrides("my_strategy")
+        cfg = compose(setup_overrides("my_strategy"))
         check_trains(cfg)
-        check_resume(cfg, tmp_path, kill_step=(1, 3))
+        ref = run_uninterrupted(cfg, tmp_path / "ref")
+        check_resume(cfg, tmp_path / "run", reference=ref, kill_step=(1, 3))
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ def setup_overrides(name: str, *extra: str) -> list[str]:
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:
+    """The run config of ``overrides``, composed in-process as ``cl-run`` would."""
     from cl.config import compose_config
 
     return compose_config(list(overrides))
