@@ -5,9 +5,10 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -64,6 +65,64 @@ def count_parameters(params: object) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested structure of dicts, lists, tuples, sets and dataclasses."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from iter_tensors(v)
+    elif isinstance(obj, list | tuple | set | frozenset):
+        for v in obj:
+            yield from iter_tensors(v)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for k in obj.__dataclass_fields__:
+            yield from iter_tensors(getattr(obj, k))
+
+
+def _tensor_key(t: torch.Tensor) -> tuple[int, int, int, torch.dtype]:
+    return (t.untyped_storage().data_ptr(), int(t.storage_offset()), t.numel(), t.dtype)
+
+
+def tensor_bytes(obj: Any, *, exclude: Collection[torch.Tensor] = ()) -> int:
+    """Real bytes (numel * element size) of the distinct tensors in a nested structure.
+
+    A tensor counted twice (the same storage, offset, size and dtype) counts once; tensors that
+    share memory with one in ``exclude`` (e.g. the model's own parameters) do not count.
+    """
+    seen = {_tensor_key(t) for t in exclude}
+    total = 0
+    for t in iter_tensors(obj):
+        if t.is_meta or t.layout != torch.strided:
+            continue
+        key = _tensor_key(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def state_extra_bytes(state: Mapping[str, Any], model_state: Mapping[str, Any]) -> int:
+    """Bytes of a strategy's ``state_dict()`` beyond the model's own original tensors.
+
+    Args:
+        state: The strategy's state (``{"model": model.state_dict(), ...}``).
+        model_state: The model's original tensors (name -> tensor, as built): entries of
+            ``state["model"]`` with these names, and any tensor sharing their memory, are the
+            model's own and do not count; everything else does (buffers, Fishers, anchors,
+            teachers, prompts, adapters, heads a strategy added, ...).
+    """
+    own = [v for v in model_state.values() if isinstance(v, torch.Tensor)]
+    model = state.get("model")
+    rest = {k: v for k, v in state.items() if k != "model"}
+    if isinstance(model, Mapping):
+        rest["model"] = {k: v for k, v in model.items() if k not in model_state}
+        own += [v for k, v in model.items() if k in model_state and isinstance(v, torch.Tensor)]
+    elif model is not None:
+        rest["model"] = model
+    return tensor_bytes(rest, exclude=own)
 
 
 @contextmanager

@@ -33,8 +33,33 @@ from cl.logging.base import RunRecord, Sink
 from cl.logging.console import ConsoleSink
 from cl.logging.files import FileSink
 
-# Testing hook: SIGKILL the process right after experience N (0-based) is checkpointed.
+# Testing hooks: SIGKILL the process right after experience N (0-based) is checkpointed, or at
+# training step K (1-based) of experience N ("N:K"); a ":raise" suffix raises KeyboardInterrupt
+# instead, for in-process tests (see cl.testing).
 KILL_AFTER_ENV = "CL_KILL_AFTER_EXPERIENCE"
+KILL_AT_STEP_ENV = "CL_KILL_AT_STEP"
+
+
+def _simulated_kill(where: str, spec: str) -> None:
+    if spec.endswith(":raise"):
+        raise KeyboardInterrupt(f"simulated kill {where}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_hook(i: int, on_step: Any) -> Any:
+    """``on_step`` wrapped to die at the step named by ``CL_KILL_AT_STEP`` (testing only)."""
+    spec = os.environ.get(KILL_AT_STEP_ENV, "")
+    parts = spec.split(":")
+    if len(parts) < 2 or parts[0] != str(i):
+        return on_step
+    at = int(parts[1])
+
+    def step(n: int, size: int, loss: Any) -> None:
+        on_step(n, size, loss)
+        if n == at:
+            _simulated_kill(f"at step {n} of experience {i}", spec)
+
+    return step
 
 
 def _versions() -> dict[str, str]:
@@ -185,7 +210,7 @@ def _train_one(
     n_train = len(exp.train)
     out.start_experience(i, built.train.epochs * -(-n_train // built.train.batch_size))
     with timer(device) as t_train:
-        stats = strategy.train_experience(exp, on_step=out.step)
+        stats = strategy.train_experience(exp, on_step=_kill_hook(i, out.step))
     with timer(device) as t_eval:
         agn, aware = evaluate_row(
             strategy, stream, trained_upto=i, batch_size=built.train.eval_batch_size
@@ -227,8 +252,9 @@ def _train_one(
             keep_all=bool(cfg.checkpoint.keep_all),
         )
     out.end_experience(record)
-    if os.environ.get(KILL_AFTER_ENV) == str(i):
-        os.kill(os.getpid(), signal.SIGKILL)
+    kill_after = os.environ.get(KILL_AFTER_ENV, "")
+    if kill_after.split(":")[0] == str(i):
+        _simulated_kill(f"after experience {i}", kill_after)
 
 
 def _hydra_entry(cfg: DictConfig) -> float | None:

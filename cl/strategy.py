@@ -17,7 +17,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cl.budget import count_parameters
+from cl.budget import count_parameters, state_extra_bytes
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.registry import Registry
 from cl.streams.base import Experience, StreamInfo, TensorData
@@ -143,6 +143,9 @@ class Strategy(ABC, Generic[C]):
     needs_task_id_at_test: ClassVar[bool] = False
     scenarios: ClassVar[tuple[str, ...]] = ("class_il", "task_il", "domain_il")
     modalities: ClassVar[tuple[str, ...]] = ("vision", "text")
+    # Config overrides of the small setup the contract tests run this strategy on (a tiny ViT,
+    # a tiny text encoder, ...); empty: cl.testing.DEFAULT_SETUP (shrunk split_digits, MLP).
+    test_setup: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, config: C, model: nn.Module, context: RunContext) -> None:
         self.config = config
@@ -151,6 +154,8 @@ class Strategy(ABC, Generic[C]):
         self.device = context.device
         self.optimizer: torch.optim.Optimizer | None = None
         self._forward_fn: Callable[..., Tensor] = model
+        # The model's own tensors as built: the ledger counts everything else a strategy keeps.
+        self._model_keys = frozenset(model.state_dict())
         if context.train.compile:
             self._forward_fn = torch.compile(model)
 
@@ -242,8 +247,18 @@ class Strategy(ABC, Generic[C]):
         self.model.load_state_dict(state["model"])
 
     def extra_state_bytes(self) -> int:
-        """Bytes of state kept beyond the model (buffers, Fishers, teachers) for the ledger."""
-        return 0
+        """Bytes of state kept beyond the model's own tensors, for the ledger.
+
+        By default every tensor in :meth:`state_dict` that is not one of the model's original
+        parameters or buffers (see :func:`cl.budget.state_extra_bytes`): buffers, Fishers,
+        anchors, teachers, prompts, adapters, added heads. Override only to add memory that
+        :meth:`state_dict` does not hold (e.g. data re-read on resume), never to count less.
+        """
+        return state_extra_bytes(self.state_dict(), self.model_tensors())
+
+    def model_tensors(self) -> dict[str, Tensor]:
+        """The model's own parameters and buffers (the names it was built with)."""
+        return {k: v for k, v in self.model.state_dict().items() if k in self._model_keys}
 
     # ------------------------------------------------------------- utilities
     def generator(self, *parts: int) -> torch.Generator:
@@ -364,8 +379,16 @@ class Strategy(ABC, Generic[C]):
             steps=steps,
             samples=samples,
             final_loss=float(loss_sum) / max(n_last, 1),
-            trainable_params=count_parameters(params),
+            trainable_params=optimized_parameters(self.optimizer),
         )
+
+
+def optimized_parameters(optimizer: torch.optim.Optimizer | None) -> int:
+    """Elements of the distinct parameters ``optimizer`` updates (those that take gradients)."""
+    if optimizer is None:
+        return 0
+    params = (p for g in optimizer.param_groups for p in g["params"] if p.requires_grad)
+    return count_parameters(params)
 
 
 # ---------------------------------------------------------------- registry

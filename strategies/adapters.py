@@ -399,9 +399,3 @@ class Adapters(Strategy[AdaptersConfig]):
             p.requires_grad_(False)
         if self.peft is not None:
             self._use([])
-
-    def extra_state_bytes(self) -> int:
-        adapters = [p for n in self.meta for p in self._adapter_params(n)] + list(
-            self.heads.parameters()
-        )
-        return self.router.nbytes() + sum(p.element_size() * p.nelement() for p in adapters)

@@ -4,11 +4,19 @@ Lomonaco et al., "Avalanche: an End-to-End Library for Continual Learning", CVPR
 2021. Each of our experiences is converted to an Avalanche experience and handed to the
 Avalanche strategy's ``train``; evaluation, the accuracy matrices, the ledger and the sinks are
 ours, so results are directly comparable with our own strategies.
+
+Checkpoints hold the Avalanche strategy's own state (replay buffers, importances, teachers,
+clocks, the optimizer's state), pickled as Avalanche's own checkpointing does (dill) with the
+model, its tensors and the optimizer referenced rather than copied, so a resumed run continues
+exactly. A strategy whose state cannot be pickled refuses ``resume=`` with a clear error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
+import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,17 +143,95 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
         return self.model(x, task_ids)  # type: ignore[no-any-return]
 
     def state_dict(self) -> dict[str, Any]:
-        # Avalanche strategies have no state_dict: only the model is resumable.
-        return {"model": self.model.state_dict()}
+        state: dict[str, Any] = {"model": self.model.state_dict(), "avalanche": None}
+        if self._av is None:
+            return state
+        try:
+            state["avalanche"] = _dump(self._av, self._references())
+        except Exception as e:
+            state["unresumable"] = f"{type(e).__name__}: {e}"
+            return state
+        # A copy: the live optimizer keeps updating its state tensors in place.
+        state["optimizer"] = copy.deepcopy(self._av.optimizer.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "unresumable" in state or ("avalanche" not in state and "model" in state):
+            why = state.get("unresumable", "the checkpoint holds no Avalanche strategy state")
+            raise ConfigError(
+                f"cannot resume Avalanche {self._cls.__name__}: its state was not saved ({why})"
+            )
+        self.model.load_state_dict(state["model"])
+        if state["avalanche"] is None:
+            return
+        if self._av is None:
+            self._av = self._build()
+        vars(self._av).update(_load(state["avalanche"], self._references()))
+        self._av.optimizer.load_state_dict(state["optimizer"])
+        self.model = self._av.model
+
+    def _references(self) -> dict[str, Any]:
+        """Live objects the pickled state refers to by name instead of copying."""
+        refs: dict[str, Any] = {
+            "strategy": self._av,
+            "model": self.model,
+            "optimizer": self._av.optimizer,
+            "evaluator": self._av.evaluator,
+            "device": self.device,
+        }
+        refs.update({f"step:{i}": p for i, p in enumerate(self._av.plugins) if _ours(p)})
+        for name, t in self.model.state_dict(keep_vars=True).items():
+            refs[f"tensor:{name}"] = t
+        return refs
 
     def extra_state_bytes(self) -> int:
-        """Tensors held by the Avalanche strategy's plugins (buffers, importances, copies)."""
+        """Tensors the Avalanche strategy keeps beyond the model's own: buffers (at the size of
+        their samples), importances, teachers, and the optimizer's state, which Avalanche
+        carries from one experience to the next."""
         if self._av is None:
             return 0
-        seen: set[int] = {id(p) for p in self.model.parameters()}
-        per_sample = self._sample_bytes
-        held = [v for k, v in vars(self._av).items() if k.endswith(("storage_policy", "buffer"))]
-        return sum(_tensor_bytes(p, seen, 4, per_sample) for p in [*self._av.plugins, *held])
+        seen: set[int] = {id(p) for p in self.model.state_dict(keep_vars=True).values()}
+        seen |= {id(self.model), id(self._av), id(self._av.evaluator)}
+        held = {k: v for k, v in vars(self._av).items() if k not in _TRANSIENT}
+        return _tensor_bytes(held, seen, 12, self._sample_bytes)
+
+
+# Attributes of a trained Avalanche strategy that do not outlive a training call.
+_TRANSIENT = frozenset(
+    {"model", "experience", "adapted_dataset", "dataloader", "mbatch", "mb_output", "loss"}
+)
+
+
+def _ours(plugin: Any) -> bool:
+    return type(plugin).__name__ == "StepPlugin" and type(plugin).__module__ == __name__
+
+
+def _dump(av: Any, refs: dict[str, Any]) -> bytes:
+    """Pickle the Avalanche strategy's attributes, naming ``refs`` instead of copying them."""
+    import dill
+
+    by_id = {id(v): k for k, v in refs.items()}
+
+    class Pickler(dill.Pickler):  # type: ignore[misc]
+        def persistent_id(self, obj: Any) -> str | None:
+            return by_id.get(id(obj))
+
+    buf = io.BytesIO()
+    data = {k: v for k, v in vars(av).items() if k not in _TRANSIENT}
+    Pickler(buf).dump(data)
+    return buf.getvalue()
+
+
+def _load(blob: bytes, refs: dict[str, Any]) -> dict[str, Any]:
+    import dill
+
+    class Unpickler(dill.Unpickler):  # type: ignore[misc]
+        def persistent_load(self, pid: str) -> Any:
+            return refs[pid]
+
+    with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints its device mapping
+        out: dict[str, Any] = Unpickler(io.BytesIO(blob)).load()
+    return out
 
 
 def _step_plugin(bridge: AvalancheBridge) -> Any:
@@ -165,9 +251,15 @@ def _step_plugin(bridge: AvalancheBridge) -> Any:
 
 
 def _tensor_bytes(obj: Any, seen: set[int], depth: int, per_sample: int) -> int:
+    from avalanche.training.storage_policy import ExemplarsBuffer
+
     if id(obj) in seen or depth < 0:
         return 0
     seen.add(id(obj))
+    if isinstance(obj, ExemplarsBuffer):  # its samples once (group buffers and their
+        # concatenation hold the same samples), plus its own tensors (sampling weights)
+        inner = _tensor_bytes(vars(obj), seen, depth - 1, 0)
+        return len(obj.buffer) * per_sample + inner
     if isinstance(obj, torch.utils.data.Dataset):  # a buffer: a subset of a dataset
         return len(obj) * per_sample  # type: ignore[arg-type]
     if isinstance(obj, Tensor):

@@ -280,13 +280,6 @@ class EWC(Strategy[EWCConfig]):
         self.anchor = {k: v.to(self.device) for k, v in state["anchor"].items()}
         self._terms = None
 
-    def extra_state_bytes(self) -> int:
-        return sum(
-            t.element_size() * t.nelement()
-            for d in (self.importance, self.anchor)
-            for t in d.values()
-        )
-
 
 def _add_penalty_grad(scale: Tensor, shift: Tensor, p: Tensor) -> None:
     """``grad += scale * theta - shift`` = ``ewc_lambda * A (theta - m)``."""

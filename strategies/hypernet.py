@@ -251,14 +251,3 @@ class Hypernet(Strategy[HypernetConfig]):
             int(t): {k: v.to(self.device) for k, v in d.items()}
             for t, d in state["bn_stats"].items()
         }
-
-    def extra_state_bytes(self) -> int:
-        """Stored targets, the learned tasks' embeddings and their batch-norm statistics."""
-        nbytes = sum(v.numel() * v.element_size() for v in self.targets.values())
-        nbytes += sum(
-            self.embeddings[t].numel() * self.embeddings[t].element_size() for t in self.learned
-        )
-        nbytes += sum(
-            v.numel() * v.element_size() for d in self.bn_stats.values() for v in d.values()
-        )
-        return nbytes

@@ -74,8 +74,10 @@ class Joint(Strategy[JointConfig]):
         self._init_state = state["init"]
 
     def extra_state_bytes(self) -> int:
-        # The stored data of earlier experiences is the extra memory joint training needs.
-        return sum(self._experience_data(i).nbytes for i in self.seen)
+        # The stored data of earlier experiences (re-read on resume, so not in the state) and
+        # the state beyond the model (the initial weights kept for from_scratch).
+        data = sum(self._experience_data(i).nbytes for i in self.seen)
+        return data + super().extra_state_bytes()
 
 
 def _missing(i: int) -> Experience:

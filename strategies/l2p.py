@@ -30,6 +30,7 @@ from cl.errors import ConfigError
 from cl.models.prompting import PromptableBackbone, frozen_promptable
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
+from cl.testing import TINY_VIT_SETUP
 
 
 @dataclass
@@ -79,6 +80,7 @@ class L2P(Strategy[L2PConfig]):
     """Prompt-pool continual learning on a frozen promptable backbone (``vit``, ``hf_encoder``)."""
 
     config_cls = L2PConfig
+    test_setup = TINY_VIT_SETUP
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -177,8 +179,3 @@ class L2P(Strategy[L2PConfig]):
         super().load_state_dict(state)
         self.pool.load_state_dict(state["pool"])
         self.freq.copy_(state["freq"])
-
-    def extra_state_bytes(self) -> int:
-        # The pool and keys live outside the model; the frequency table is tiny but counted.
-        n = sum(p.numel() * p.element_size() for p in self.pool.parameters())
-        return n + self.freq.numel() * self.freq.element_size()

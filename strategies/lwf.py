@@ -28,7 +28,8 @@ class LwFConfig(StrategyConfig):
     the batch, where ``z_old`` are the teacher's logits (the model as it was after the
     previous experience, frozen, in eval mode) and ``s`` is ``T^2`` when ``t2_scaling`` else 1.
     The KL runs over the logits of classes seen before (class_il, domain_il); in task_il it
-    runs per earlier task over that task's classes (its head) and is summed over tasks.
+    runs per earlier task over that task's classes (its head; on a multi-head model the task
+    ids select it, so tasks may share classes) and is summed over tasks, each task once.
 
     Attributes:
         alpha: Weight of the distillation term (0: naive fine-tuning).
@@ -66,27 +67,40 @@ class LwF(Strategy[LwFConfig]):
             self.old_tasks.append(exp.task_id)
 
     def _groups(self) -> list[list[int]]:
-        """Class groups the KL runs over: one per earlier task in task_il, else one."""
+        """Class groups the KL runs over, each once: per earlier task in task_il, else one."""
         info = self.context.stream
         if info.scenario == "task_il":
-            return [info.task_classes[t] for t in self.old_tasks]
+            groups = [sorted(info.task_classes[t]) for t in self.old_tasks]
+            return [list(g) for g in dict.fromkeys(tuple(g) for g in groups)]
         return [sorted({c for t in self.old_tasks for c in info.task_classes[t]})]
+
+    def _kl(self, new: Tensor, old: Tensor) -> Tensor:
+        t = self.config.temperature
+        log_p = F.log_softmax(new.float() / t, dim=1)
+        return F.kl_div(log_p, F.softmax(old.float() / t, dim=1), reduction="batchmean")
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
         if self.teacher is None:
             return None
-        # A multi-head model computes old heads only without task ids (all heads at once).
-        multi = isinstance(getattr(self.model, "head", None), MultiHead)
-        with torch.no_grad():
-            old = self.teacher(batch.x, None if multi else batch.task_ids).float()
-        new = self.forward(batch.x, None).float() if multi else logits.float()
+        head = getattr(self.model, "head", None)
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if isinstance(head, MultiHead):
+            # One term per earlier task through its own head (tasks may share classes, so
+            # heads are never applied all at once); features are computed once.
+            teacher: Any = self.teacher
+            with torch.no_grad():
+                h_old = teacher.features(batch.x)
+            h_new = self.model.features(batch.x)  # type: ignore[operator]
+            for task in self.old_tasks:
+                old = teacher.head.heads[task](h_old)
+                loss = loss + self._kl(head.heads[task](h_new), old)
+        else:
+            with torch.no_grad():
+                old_all = self.teacher(batch.x, batch.task_ids)
+            for classes in self._groups():
+                idx = torch.as_tensor(classes, device=logits.device)
+                loss = loss + self._kl(logits[:, idx], old_all[:, idx])
         t = self.config.temperature
-        loss = new.new_zeros(())
-        for classes in self._groups():
-            idx = torch.as_tensor(classes, device=new.device)
-            log_p = F.log_softmax(new[:, idx] / t, dim=1)
-            q = F.softmax(old[:, idx] / t, dim=1)
-            loss = loss + F.kl_div(log_p, q, reduction="batchmean")
         scale = t * t if self.config.t2_scaling else 1.0
         return self.config.alpha * scale * loss
 
@@ -105,8 +119,3 @@ class LwF(Strategy[LwFConfig]):
             for p in teacher.parameters():
                 p.requires_grad_(False)
             self.teacher = teacher
-
-    def extra_state_bytes(self) -> int:
-        if self.teacher is None:
-            return 0
-        return sum(t.element_size() * t.nelement() for t in self.teacher.state_dict().values())

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from cl.strategy import register_strategy
 from cl.streams.base import Experience
+from cl.testing import TEXT_SETUP
 from strategies.prompt_tuning import PromptConfig, PromptStrategy
 
 
@@ -35,6 +36,7 @@ class ProgPrompt(PromptStrategy[ProgPromptConfig]):
     """A new prompt per task; old prompts frozen and concatenated (newest first)."""
 
     config_cls = ProgPromptConfig
+    test_setup = TEXT_SETUP
     needs_task_id_at_test = True
 
     def __init__(self, **kwargs: Any) -> None:
@@ -84,7 +86,3 @@ class ProgPrompt(PromptStrategy[ProgPromptConfig]):
         super().load_state_dict(state)
         self.prompts = {int(t): p.to(self.device) for t, p in state["prompts"].items()}
         self.order = list(state["order"])
-
-    def extra_state_bytes(self) -> int:
-        # Kept between tasks: the frozen prompts (the MLP is discarded after each task).
-        return self.nbytes(*self.prompts.values())

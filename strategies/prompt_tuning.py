@@ -25,6 +25,7 @@ from cl.models.prompt_queue import ResidualMLP
 from cl.models.prompting import PromptableBackbone, frozen_promptable
 from cl.strategy import Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
+from cl.testing import TEXT_SETUP
 
 READOUTS = ("mean", "cls", "prompt")
 
@@ -147,6 +148,7 @@ class PromptTuning(PromptStrategy[PromptConfig]):
     """One prompt (plus its residual MLP) shared by all tasks and tuned on each in turn."""
 
     config_cls = PromptConfig
+    test_setup = TEXT_SETUP
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -170,7 +172,3 @@ class PromptTuning(PromptStrategy[PromptConfig]):
             self.prompt.copy_(state["prompt"])
         if self.mlp is not None:
             self.mlp.load_state_dict(state["mlp"])
-
-    def extra_state_bytes(self) -> int:
-        mlp = [] if self.mlp is None else list(self.mlp.parameters())
-        return self.nbytes(self.prompt, *mlp)

@@ -66,6 +66,7 @@ from cl.errors import ConfigError
 from cl.models.prompt_queue import PromptQueue, info_nce
 from cl.strategy import Batch, register_strategy
 from cl.streams.base import Experience
+from cl.testing import TEXT_SETUP
 from strategies.prompt_tuning import PromptConfig, PromptStrategy
 
 
@@ -101,6 +102,7 @@ class QTuning(PromptStrategy[QTuningConfig]):
     """Prompt queue with low-rank aggregation, PCA eviction, shared prefix and MR."""
 
     config_cls = QTuningConfig
+    test_setup = (*TEXT_SETUP, "strategy.capacity=2")
     needs_task_id_at_test = True
 
     def __init__(self, **kwargs: Any) -> None:
@@ -213,10 +215,6 @@ class QTuning(PromptStrategy[QTuningConfig]):
             self.mlp.load_state_dict(state["mlp"])
 
     def extra_state_bytes(self) -> int:
-        """Queue rows and coefficients, per-task aggregation factors and prefixes, the prefix,
-        MLP and new prompt."""
-        mlp = [] if self.mlp is None else list(self.mlp.parameters())
-        agg = [x for uv in self.agg.values() for x in uv]
-        kept = [*agg, *self.prefixes.values()]
-        own = self.nbytes(*kept, *self._prefix(), *mlp, self.current, self.u, self.v)
-        return self.queue.nbytes() + own
+        """Everything in the state (queue, aggregation factors, prefixes, MLP) plus the current
+        prompt and its factors, which live until the next task replaces them."""
+        return super().extra_state_bytes() + self.nbytes(self.current, self.u, self.v)

@@ -129,9 +129,6 @@ class Replay(Strategy[ReplayConfig]):
         self.seen = {int(g): int(n) for g, n in state["seen"].items()}
         self._memory = None
 
-    def extra_state_bytes(self) -> int:
-        return sum(d.nbytes for d in self.groups.values())
-
 
 def _reservoir(
     cur: TensorData | None, seen: int, new: TensorData, cap: int, gen: torch.Generator

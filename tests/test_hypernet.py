@@ -105,8 +105,11 @@ def test_ledger_and_trainable_parameters(tmp_path: Path) -> None:
     # The model's own parameters are never trained: they still equal a fresh build's init.
     fresh = build(cfg).model.state_dict()
     assert all(torch.equal(v, fresh[k]) for k, v in s.model.state_dict().items())
+    # Everything kept beyond the model: the hypernetwork (weights and its output scale and
+    # offset buffers), every task embedding, the targets.
     n, t = s.spec.numel, len(s.learned)
-    assert t == 5 and rec.budget.extra_state_bytes == 4 * (t * n + t * s.config.emb_dim)
+    n_emb = len(s.embeddings) * s.config.emb_dim
+    assert t == 5 and rec.budget.extra_state_bytes == 4 * (hnet + 2 * n + n_emb + t * n)
 
 
 def test_regulariser_keeps_old_outputs_and_lookahead_subset(tmp_path: Path) -> None:
