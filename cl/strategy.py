@@ -210,6 +210,8 @@ class Strategy(ABC, Generic[C]):
         self._forward_fn: Callable[..., Tensor] = model
         if context.train.compile:
             self._forward_fn = torch.compile(model)
+        if type(self).train_experience is not Strategy.train_experience:
+            _refuse_loop_options(self.name, context.train)
 
     # ----------------------------------------------------------------- checks
     @classmethod
@@ -453,6 +455,25 @@ class Strategy(ABC, Generic[C]):
         else:
             classes = {c for cs in info.classes[: exp.index + 1] for c in cs} | set(exp.classes)
         return class_mask(info.n_classes, classes, self.device)
+
+
+def _refuse_loop_options(name: str, tc: TrainConfig) -> None:
+    """A strategy with its own training loop cannot honour the base loop's options."""
+    set_ = [
+        f"train.{k}={v}"
+        for k, v, default in (
+            ("reset_optimizer", tc.reset_optimizer, True),
+            ("lr_schedule", tc.lr_schedule, "constant"),
+            ("warmup_steps", tc.warmup_steps, 0),
+            ("logit_mask", tc.logit_mask, "none"),
+        )
+        if v != default
+    ]
+    if set_:
+        raise ConfigError(
+            f"strategy {name!r} runs its own training loop and does not support "
+            f"{', '.join(set_)}"
+        )
 
 
 # ---------------------------------------------------------------- registry

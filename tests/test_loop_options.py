@@ -128,6 +128,12 @@ def test_bad_loop_values_are_refused(make_cfg, override, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_strategy_with_its_own_loop_refuses_loop_options(make_cfg):
+    cfg = make_cfg(*DIGITS_1EPOCH, "strategy=avalanche", "train.lr_schedule=cosine")
+    with pytest.raises(ConfigError, match=r"own training loop .* train.lr_schedule=cosine"):
+        build(cfg)
+
+
 # ------------------------------------------------------------- lr schedules
 def test_constant_default_and_after_step_runs_once_per_step(make_cfg):
     s, stream = _strategy(make_cfg, RecordingNaive)
