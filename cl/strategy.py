@@ -471,8 +471,7 @@ def _refuse_loop_options(name: str, tc: TrainConfig) -> None:
     ]
     if set_:
         raise ConfigError(
-            f"strategy {name!r} runs its own training loop and does not support "
-            f"{', '.join(set_)}"
+            f"strategy {name!r} runs its own training loop and does not support {', '.join(set_)}"
         )
 
 
