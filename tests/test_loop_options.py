@@ -266,6 +266,8 @@ def test_kept_optimizer_resumes_to_the_uninterrupted_result(make_cfg, tmp_path, 
             "train.optimizer=adam",
             "train.lr=0.001",
             "train.reset_optimizer=false",
+            "train.lr_schedule=cosine",
+            "train.warmup_steps=2",
         )
         with open_dict(cfg):
             cfg.strategy.name = name
