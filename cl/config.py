@@ -84,6 +84,8 @@ class RunConfig:
         checkpoint: Checkpoint settings.
         seed: Run seed (model init, shuffling, strategy randomness).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        deterministic: ``torch.use_deterministic_algorithms(True)``, deterministic cuDNN
+            (and the cuBLAS workspace setting on CUDA), and fp32 evaluation (no autocast).
         resume: A run directory to continue from its last checkpoint.
         name: Run name (default: ``<strategy>-<stream>-s<seed>``).
         allow_task_oracle: Let a strategy that needs task ids at test time run on a class_il
@@ -99,6 +101,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
     device: str = "auto"
+    deterministic: bool = False
     resume: str | None = None
     name: str | None = None
     allow_task_oracle: bool = False
@@ -221,6 +224,7 @@ def build(cfg: DictConfig) -> Built:
         stream=info,
         train=train,
         past_experience=lambda i: stream.experiences[i],
+        deterministic=bool(cfg.get("deterministic", False)),
     )
     strategy = strat_cls(config=strat_cfg, model=model, context=context)
     return Built(stream=stream, model=model, strategy=strategy, context=context, train=train)

@@ -72,7 +72,7 @@ def accuracy(
         mask = None
     correct_t = torch.zeros((), dtype=torch.long, device=device)
     for x, y, t in _batches(exp.test, batch_size, device):
-        with strategy.autocast():
+        with strategy.autocast(evaluation=True):
             logits = strategy.predict(x, t if task_aware else None)
         logits = logits.float()
         if mask is not None:

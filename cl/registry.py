@@ -42,6 +42,10 @@ class Registry(Generic[T]):
             )
         return self._entries[name]
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests that register a throwaway entry clean up with it)."""
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -27,6 +27,7 @@ from cl.config import (
     now_iso,
     register_configs,
 )
+from cl.determinism import deterministic_mode
 from cl.errors import CLError, NonFiniteLossError
 from cl.evaluate import evaluate_row, primary, protocol
 from cl.logging.base import RunRecord, Sink
@@ -122,6 +123,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> RunRecord:
         run_dir = Path(str(cfg.resume))
         cfg = load_run_config(run_dir)
         checkpoint = load_checkpoint(run_dir / "checkpoints")
+    with deterministic_mode(bool(cfg.get("deterministic", False))):
+        return _run_loaded(cfg, run_dir, checkpoint)
+
+
+def _run_loaded(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None) -> RunRecord:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     seed = int(cfg.seed)
@@ -135,6 +141,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> RunRecord:
         record.status = "partial"
         record.evaluation = record.evaluation or protocol(strategy, stream.scenario)
         strategy.load_state_dict(checkpoint["strategy"])
+        strategy.load_optimizer_state(checkpoint.get("optimizer"))
         set_rng_state(checkpoint["rng"])
         start = int(checkpoint["next"])
     else:
@@ -245,6 +252,7 @@ def _train_one(
             {
                 "next": i + 1,
                 "strategy": strategy.state_dict(),
+                "optimizer": strategy.optimizer_state(),
                 "record": record.state(),
                 "rng": rng_state(),
             },

@@ -19,6 +19,17 @@ from torch.nn import functional as F
 
 from cl.budget import count_parameters, state_extra_bytes
 from cl.errors import ConfigError, NonFiniteLossError
+from cl.optim import (
+    LOGIT_MASKS,
+    LR_SCHEDULES,
+    class_mask,
+    lr_scheduler,
+    mask_logits,
+    named_parameters,
+    optimizer_state,
+    restore_optimizer,
+    update_param_groups,
+)
 from cl.registry import Registry
 from cl.streams.base import Experience, StreamInfo, TensorData
 
@@ -49,6 +60,24 @@ class TrainConfig:
         grad_clip: Max gradient norm (null: no clipping).
         amp: bf16 autocast on CUDA (ignored on CPU).
         compile: ``torch.compile`` the model's forward.
+        reset_optimizer: True: a fresh optimiser for every experience. False (Avalanche's
+            behaviour): one optimiser kept across experiences with its state (momentum, Adam's
+            moments and step counts); parameters a strategy adds join it, parameters no longer
+            trained leave it. Its state is checkpointed, so resume stays exact.
+        lr_schedule: Learning rate within each experience (restarted every experience):
+            ``constant``, ``cosine`` (from ``lr`` to 0 at the experience's last step, per
+            step) or ``step`` (times ``lr_gamma`` every ``lr_step_size`` epochs).
+        lr_step_size: Epochs between decays of the ``step`` schedule.
+        lr_gamma: Decay factor of the ``step`` schedule.
+        warmup_steps: Linear warm-up at the start of every experience, in optimiser steps:
+            the lr rises from ``lr / (warmup_steps + 1)`` to ``lr`` (0: none); the schedule
+            follows it (cosine decays over the remaining steps).
+        logit_mask: Classes the training loss sees (class-IL): ``none`` (all), ``seen``
+            (classes of the experiences so far, this one included) or ``current`` (this
+            experience's classes: the "labels trick"). Labels in the batch (replayed samples)
+            always stay in; masked logits are set to a large negative value before the loss,
+            so masked classes' outputs get no gradient from it. Regularisers and
+            distillation get the unmasked logits; evaluation is unaffected.
     """
 
     epochs: int = 5
@@ -61,6 +90,12 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: bool = True
     compile: bool = False
+    reset_optimizer: bool = True
+    lr_schedule: str = "constant"
+    lr_step_size: int = 1
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    logit_mask: str = "none"
 
     def validate(self) -> None:
         if self.epochs <= 0:
@@ -77,6 +112,25 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown train.optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
             )
+        self._validate_loop_options()
+
+    def _validate_loop_options(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown train.lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"
+            )
+        if self.logit_mask not in LOGIT_MASKS:
+            raise ConfigError(
+                f"unknown train.logit_mask {self.logit_mask!r}; valid: {', '.join(LOGIT_MASKS)}"
+            )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_step_size <= 0:
+            raise ConfigError(
+                f"train.lr_step_size must be a positive integer, got {self.lr_step_size}"
+            )
+        if self.lr_gamma <= 0:
+            raise ConfigError(f"train.lr_gamma must be positive, got {self.lr_gamma}")
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -93,6 +147,7 @@ class RunContext:
         train: Training-loop settings.
         past_experiences: Callable giving experience ``i`` for ``i`` already trained on
             (used by strategies such as joint training to rebuild state on resume).
+        deterministic: Deterministic algorithms were requested: evaluation runs in fp32.
     """
 
     device: torch.device
@@ -100,6 +155,7 @@ class RunContext:
     stream: StreamInfo
     train: TrainConfig
     past_experience: Callable[[int], Experience] | None = None
+    deterministic: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -134,8 +190,9 @@ class Strategy(ABC, Generic[C]):
 
     Subclasses set ``config_cls`` and the class attributes below, and override hooks:
     :meth:`before_experience`, :meth:`trainable_parameters`, :meth:`forward`,
-    :meth:`extra_loss`, :meth:`train_batches`, :meth:`after_experience`, :meth:`predict`,
-    :meth:`state_dict` / :meth:`load_state_dict` and :meth:`extra_state_bytes`.
+    :meth:`extra_loss`, :meth:`train_batches`, :meth:`after_step`, :meth:`after_experience`,
+    :meth:`predict`, :meth:`state_dict` / :meth:`load_state_dict` and
+    :meth:`extra_state_bytes`.
     """
 
     name: ClassVar[str] = ""
@@ -158,6 +215,8 @@ class Strategy(ABC, Generic[C]):
         self._model_keys = frozenset(model.state_dict())
         if context.train.compile:
             self._forward_fn = torch.compile(model)
+        if type(self).train_experience is not Strategy.train_experience:
+            _refuse_loop_options(self.name, context.train)
 
     # ----------------------------------------------------------------- checks
     @classmethod
@@ -231,6 +290,16 @@ class Strategy(ABC, Generic[C]):
     def train_batches(self, exp: Experience, epoch: int) -> Iterator[Batch]:
         """Minibatches of one epoch; replay mixes its buffer in here."""
         return self.iterate(exp.train, epoch=epoch, exp_index=exp.index)
+
+    def after_step(self, batch: Batch) -> None:
+        """Called after every ``optimizer.step()`` (before the lr schedule advances): path
+        integrals such as SI's, parameter projections, EMA teachers."""
+
+    def steps_per_epoch(self, exp: Experience) -> int:
+        """Optimiser steps in one epoch of ``exp`` (lr schedules count epochs and the cosine
+        horizon with it); override it with :meth:`train_batches` when that changes the number
+        of batches."""
+        return -(-len(exp.train) // self.context.train.batch_size)  # type: ignore[arg-type]
 
     def after_experience(self, exp: Experience) -> None:
         """Called after training on ``exp`` (store a Fisher, a teacher, a buffer, ...)."""
@@ -318,9 +387,28 @@ class Strategy(ABC, Generic[C]):
             return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
         return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter of the model and of the strategy's attributes, by a stable name."""
+        skip = {"model", "_forward_fn", "optimizer", "context", "config"}
+        roots = [("model", self.model)]
+        roots += [(k, v) for k, v in sorted(vars(self).items()) if k not in skip]
+        return named_parameters(roots)
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        """The kept optimiser's state for a checkpoint (None with ``train.reset_optimizer``)."""
+        if self.context.train.reset_optimizer or self.optimizer is None:
+            return None
+        return optimizer_state(self.optimizer, self.named_parameters())
+
+    def load_optimizer_state(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`optimizer_state` (after :meth:`load_state_dict`)."""
+        if state is not None and not self.context.train.reset_optimizer:
+            self.optimizer = restore_optimizer(state, self.named_parameters(), self.build_optimizer)
+
+    def autocast(self, *, evaluation: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on CUDA with ``train.amp``; evaluation stays fp32 when deterministic."""
         dtype = self.context.amp_dtype
-        if dtype is None:
+        if dtype is None or (evaluation and self.context.deterministic):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
@@ -341,7 +429,22 @@ class Strategy(ABC, Generic[C]):
         tc = self.context.train
         self.before_experience(exp)
         params = list({id(p): p for p in self.trainable_parameters()}.values())
-        self.optimizer = self.build_optimizer(params)
+        if tc.reset_optimizer or self.optimizer is None:
+            self.optimizer = self.build_optimizer(params)
+        elif not params:
+            raise ConfigError(f"strategy {self.name!r} has no trainable parameters")
+        else:
+            update_param_groups(self.optimizer, params)
+        sched = lr_scheduler(
+            self.optimizer,
+            schedule=tc.lr_schedule,
+            steps_per_epoch=self.steps_per_epoch(exp),
+            epochs=tc.epochs,
+            warmup_steps=tc.warmup_steps,
+            step_size=tc.lr_step_size,
+            gamma=tc.lr_gamma,
+        )
+        mask = self._training_mask(exp)
         self.model.train()
         steps = samples = 0
         loss_sum = torch.zeros((), device=self.device)
@@ -353,7 +456,8 @@ class Strategy(ABC, Generic[C]):
                 self.optimizer.zero_grad(set_to_none=True)
                 with self.autocast():
                     logits = self.forward(batch.x, batch.task_ids)
-                    loss = self.loss(logits, batch)
+                    masked = logits if mask is None else mask_logits(logits, mask, batch.y)
+                    loss = self.loss(masked, batch)
                     extra = self.extra_loss(batch, logits)
                     if extra is not None:
                         loss = loss + extra
@@ -361,6 +465,9 @@ class Strategy(ABC, Generic[C]):
                 if tc.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 self.optimizer.step()
+                self.after_step(batch)
+                if sched is not None:
+                    sched.step()
                 loss_sum += loss.detach()
                 steps += 1
                 n_last += 1
@@ -380,6 +487,35 @@ class Strategy(ABC, Generic[C]):
             samples=samples,
             final_loss=float(loss_sum) / max(n_last, 1),
             trainable_params=optimized_parameters(self.optimizer),
+        )
+
+    def _training_mask(self, exp: Experience) -> Tensor | None:
+        """The classes the training loss sees under ``train.logit_mask`` (None: all)."""
+        info = self.context.stream
+        if self.context.train.logit_mask == "none":
+            return None
+        if self.context.train.logit_mask == "current":
+            classes = set(exp.classes)
+        else:
+            classes = {c for cs in info.classes[: exp.index + 1] for c in cs} | set(exp.classes)
+        return class_mask(info.n_classes, classes, self.device)
+
+
+def _refuse_loop_options(name: str, tc: TrainConfig) -> None:
+    """A strategy with its own training loop cannot honour the base loop's options."""
+    set_ = [
+        f"train.{k}={v}"
+        for k, v, default in (
+            ("reset_optimizer", tc.reset_optimizer, True),
+            ("lr_schedule", tc.lr_schedule, "constant"),
+            ("warmup_steps", tc.warmup_steps, 0),
+            ("logit_mask", tc.logit_mask, "none"),
+        )
+        if v != default
+    ]
+    if set_:
+        raise ConfigError(
+            f"strategy {name!r} runs its own training loop and does not support {', '.join(set_)}"
         )
 
 

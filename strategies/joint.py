@@ -62,6 +62,10 @@ class Joint(Strategy[JointConfig]):
         assert self._union is not None, "before_experience builds the union"
         return self.iterate(self._union, epoch=epoch, exp_index=exp.index)
 
+    def steps_per_epoch(self, exp: Experience) -> int:
+        assert self._union is not None, "before_experience builds the union"
+        return -(-len(self._union) // self.context.train.batch_size)
+
     def after_experience(self, exp: Experience) -> None:
         self._union = None  # the copy is only needed while training
 
