@@ -17,8 +17,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl.errors import ConfigError
+from cl.errors import ConfigError, reason
 from cl.strategy import RunContext, Strategy, TrainConfig
+from cl.validation import check_config, one_of, positive, unknown_keys
 
 
 @dataclass
@@ -43,6 +44,13 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     mode: str = "auto"
     log_every_n_steps: int = 25
+
+    def validate(self) -> None:
+        one_of("logger.wandb", self, "mode", WANDB_MODES)
+        positive("logger.wandb", self, "log_every_n_steps")
+
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 @dataclass
@@ -150,13 +158,22 @@ def register_configs() -> None:
 
 
 def to_dataclass(node: Any, cls: type, where: str) -> Any:
-    """Validate a config node against ``cls`` and return the dataclass instance."""
+    """Validate a config node against ``cls`` and return the dataclass instance.
+
+    Unknown keys (the closest valid name is suggested), wrong types, non-finite floats and the
+    ranges of the dataclass's ``validate()`` (nested dataclasses included) are rejected with
+    one :class:`ConfigError` naming the key.
+    """
+    if isinstance(node, DictConfig):
+        unknown_keys(where, node, cls)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), node)
-        return OmegaConf.to_object(merged)
+        obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         raise ConfigError(f"invalid {where} config: {msg}") from None
+    check_config(where, obj)
+    return obj
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -191,22 +208,22 @@ def build(cfg: DictConfig) -> Built:
     load_builtin_streams()
     load_builtin_models()
     train: TrainConfig = to_dataclass(cfg.train, TrainConfig, "train")
-    train.validate()
     device = resolve_device(str(cfg.device))
+    to_dataclass(cfg.logger, LoggerConfig, "logger")
 
     s_entry = STREAMS.get(str(cfg.stream.name))
     stream_cfg = to_dataclass(cfg.stream, s_entry.config_cls, "stream")
-    stream = s_entry.builder(stream_cfg)
-    info = stream.info()
-
     strat_cls = get_strategy(str(cfg.strategy.name))
     strat_cfg = to_dataclass(cfg.strategy, strat_cls.config_cls, "strategy")
+    m_entry = MODELS.get(str(cfg.model.name))
+    model_cfg = to_dataclass(cfg.model, m_entry.config_cls, "model")
+
+    stream = s_entry.builder(stream_cfg)
+    info = stream.info()
     strat_cls.check_stream(info)
 
     torch.manual_seed(int(cfg.seed))
-    m_entry = MODELS.get(str(cfg.model.name))
-    model_cfg = to_dataclass(cfg.model, m_entry.config_cls, "model")
-    model = m_entry.builder(model_cfg, info).to(device)
+    model = build_model(m_entry.builder, model_cfg, info, device)
 
     stream = stream.to(device)
     context = RunContext(
@@ -218,6 +235,34 @@ def build(cfg: DictConfig) -> Built:
     )
     strategy = strat_cls(config=strat_cfg, model=model, context=context)
     return Built(stream=stream, model=model, strategy=strategy, context=context, train=train)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every check of :func:`build` that needs no data: the train, logger, stream, strategy and
+    model configs and the device (run before Hydra creates the run directory)."""
+    from cl.models import MODELS
+    from cl.strategy import get_strategy
+    from cl.streams import STREAMS
+
+    to_dataclass(cfg.train, TrainConfig, "train")
+    resolve_device(str(cfg.device))
+    to_dataclass(cfg.logger, LoggerConfig, "logger")
+    to_dataclass(cfg.stream, STREAMS.get(str(cfg.stream.name)).config_cls, "stream")
+    to_dataclass(cfg.strategy, get_strategy(str(cfg.strategy.name)).config_cls, "strategy")
+    to_dataclass(cfg.model, MODELS.get(str(cfg.model.name)).config_cls, "model")
+
+
+def build_model(builder: Any, model_cfg: Any, info: Any, device: torch.device) -> torch.nn.Module:
+    """The model on ``device``; a failed allocation is a :class:`ConfigError` naming the model."""
+    where = f"model {model_cfg.name!r}"
+    try:
+        return builder(model_cfg, info).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise ConfigError(f"{where} does not fit in memory on {device}: {reason(e)}") from None
+    except RuntimeError as e:
+        if "allocate" not in str(e):
+            raise
+        raise ConfigError(f"{where} does not fit in memory on {device}: {reason(e)}") from None
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

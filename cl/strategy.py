@@ -21,6 +21,7 @@ from cl.budget import count_parameters
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.registry import Registry
 from cl.streams.base import Experience, StreamInfo, TensorData
+from cl.validation import fraction, non_negative, positive
 
 
 @dataclass
@@ -77,6 +78,9 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown train.optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
             )
+        fraction("train", self, "momentum", high_open=True)
+        non_negative("train", self, "weight_decay")
+        positive("train", self, "grad_clip")
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

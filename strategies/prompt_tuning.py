@@ -25,6 +25,7 @@ from cl.models.prompt_queue import ResidualMLP
 from cl.models.prompting import PromptableBackbone, frozen_promptable
 from cl.strategy import Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
+from cl.validation import non_negative, one_of, positive
 
 READOUTS = ("mean", "cls", "prompt")
 
@@ -54,6 +55,11 @@ class PromptConfig(StrategyConfig):
     readout: str = "mean"
     mask_other_logits: bool = True
     train_head: bool = True
+
+    def validate(self) -> None:
+        positive("strategy", self, "prompt_length", "init_std")
+        non_negative("strategy", self, "mlp_bottleneck")
+        one_of("strategy", self, "readout", READOUTS)
 
 
 PC = TypeVar("PC", bound=PromptConfig)

@@ -66,6 +66,7 @@ from cl.errors import ConfigError
 from cl.models.prompt_queue import PromptQueue, info_nce
 from cl.strategy import Batch, register_strategy
 from cl.streams.base import Experience
+from cl.validation import non_negative, one_of, positive
 from strategies.prompt_tuning import PromptConfig, PromptStrategy
 
 
@@ -94,6 +95,14 @@ class QTuningConfig(PromptConfig):
     mr_always: bool = False
     prefix_at_test: str = "own"
     shared_mlp: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        positive("strategy", self, "agg_rank", "mr_tau")
+        non_negative("strategy", self, "prefix_length", "mr_lambda")
+        one_of("strategy", self, "prefix_at_test", ("own", "latest"))
+        if self.capacity < 2:
+            raise ConfigError(f"strategy.capacity must be >= 2, got {self.capacity}")
 
 
 @register_strategy("qtuning")
