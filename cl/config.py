@@ -7,6 +7,7 @@ wrong type is rejected when the config is composed, before any training.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,15 +147,25 @@ def register_configs() -> None:
     load_builtin_models()
     load_builtin_strategies()
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(group="schema/logger", name="base", node=LoggerConfig)
+    _store(cs, None, "run_schema", RunConfig)
+    _store(cs, "schema/logger", "base", LoggerConfig)
     for e in STREAMS.entries():
-        cs.store(group="schema/stream", name=e.name, node=e.config_cls)
+        _store(cs, "schema/stream", e.name, e.config_cls)
     for e in MODELS.entries():
-        cs.store(group="schema/model", name=e.name, node=e.config_cls)
+        _store(cs, "schema/model", e.name, e.config_cls)
     for e in STRATEGIES.entries():
-        cs.store(group="schema/strategy", name=e.name, node=e.config_cls)
+        _store(cs, "schema/strategy", e.name, e.config_cls)
     register_resolvers()
+
+
+def _store(cs: ConfigStore, group: str | None, name: str, cls: type) -> None:
+    """Store ``cls``'s schema unless that very class is stored there already (storing converts
+    the dataclass, which makes repeated in-process runs slow)."""
+    path = f"{group}/{name}.yaml" if group else f"{name}.yaml"
+    with contextlib.suppress(Exception):  # not stored yet
+        if OmegaConf.get_type(cs.load(path).node) is cls:
+            return
+    cs.store(group=group, name=name, node=cls)
 
 
 def to_dataclass(node: Any, cls: type, where: str) -> Any:

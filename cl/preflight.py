@@ -38,7 +38,10 @@ def preflight(argv: list[str]) -> None:
     resume = _resume_override(args.overrides)
     if resume is not None:
         check_resume(resume)
-    if args.multirun or args.config_dir or args.config_path:
+    if args.config_dir or args.config_path:
+        return
+    if args.multirun:
+        _check_sweep_dir(args.config_name or "config", args.overrides)
         return
     cfg = _compose(args.config_name or "config", args.overrides)
     if cfg.get("resume"):  # the saved config is what runs; resume=null needs no check
@@ -53,6 +56,24 @@ def preflight(argv: list[str]) -> None:
     except OmegaConfBaseException:
         return
     _check_writable(run_dir, "hydra.run.dir")
+
+
+def _check_sweep_dir(config_name: str, overrides: list[str]) -> None:
+    """A sweep composes as Hydra composes it (without the swept values) and its directory can
+    be written; values are checked job by job (one may be valid only with a swept choice)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports malformed overrides itself
+        return
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line]
+    cfg = _compose(config_name, fixed)
+    try:
+        sweep_dir = str(cfg.hydra.sweep.dir)
+    except OmegaConfBaseException:  # it interpolates a swept value
+        return
+    _check_writable(sweep_dir, "hydra.sweep.dir")
 
 
 def check_resume(path: str) -> None:
