@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,7 +246,8 @@ def build(cfg: DictConfig) -> Built:
         train=train,
         past_experience=lambda i: stream.experiences[i],
     )
-    strategy = strat_cls(config=strat_cfg, model=model, context=context)
+    with allocating(f"strategy {strat_cfg.name!r}", device):
+        strategy = strat_cls(config=strat_cfg, model=model, context=context)
     return Built(stream=stream, model=model, strategy=strategy, context=context, train=train)
 
 
@@ -265,15 +268,22 @@ def validate_config(cfg: DictConfig) -> None:
 
 def build_model(builder: Any, model_cfg: Any, info: Any, device: torch.device) -> torch.nn.Module:
     """The model on ``device``; a failed allocation is a :class:`ConfigError` naming the model."""
-    where = f"model {model_cfg.name!r}"
-    try:
+    with allocating(f"model {model_cfg.name!r}", device):
         return builder(model_cfg, info).to(device)
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        raise ConfigError(f"{where} does not fit in memory on {device}: {reason(e)}") from None
-    except RuntimeError as e:
-        if "allocate" not in str(e):
+
+
+@contextlib.contextmanager
+def allocating(what: str, device: torch.device) -> Iterator[None]:
+    """Turn an allocation failure inside the block into a :class:`ConfigError` naming ``what``."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "allocate" not in str(e):
             raise
-        raise ConfigError(f"{where} does not fit in memory on {device}: {reason(e)}") from None
+        detail = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", reason(e))
+        raise ConfigError(
+            f"{what} does not fit in memory on {device} ({detail}); reduce its sizes"
+        ) from None
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

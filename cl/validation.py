@@ -20,7 +20,7 @@ from cl.errors import ConfigError
 
 
 def _optional(obj: Any, name: str) -> bool:
-    for f in dataclasses.fields(obj):
+    for f in dataclasses.fields(obj) if dataclasses.is_dataclass(obj) else ():
         if f.name == name:
             return "None" in str(f.type)
     return False
@@ -75,7 +75,12 @@ def one_of(prefix: str, obj: Any, name: str, choices: Iterable[Any]) -> None:
 def unknown_keys(prefix: str, node: Mapping[str, Any], cls: type) -> None:
     """Reject a key of ``node`` that ``cls`` has no field for, naming the closest valid one;
     recurses into the fields that are dataclasses themselves."""
-    hints = typing.get_type_hints(cls)
+    if not dataclasses.is_dataclass(cls):  # an attrs schema: OmegaConf checks its keys
+        return
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # a type only importable for type checkers: no nested check
+        hints = {}
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in node:
         key = str(key)
@@ -85,7 +90,7 @@ def unknown_keys(prefix: str, node: Mapping[str, Any], cls: type) -> None:
             raise ConfigError(
                 f"unknown key {prefix}.{key} ({cls.__name__}); {hint}valid keys: {', '.join(valid)}"
             )
-        if dataclasses.is_dataclass(hints[key]):
+        if dataclasses.is_dataclass(hints.get(key)):
             sub = node.get(key)
             if isinstance(sub, Mapping):
                 unknown_keys(f"{prefix}.{key}", sub, hints[key])
@@ -114,7 +119,7 @@ def check_config(prefix: str, obj: Any) -> None:
 
 
 def _validate(prefix: str, obj: Any) -> None:
-    for f in dataclasses.fields(obj):
+    for f in dataclasses.fields(obj) if dataclasses.is_dataclass(obj) else ():
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             _validate(f"{prefix}.{f.name}", value)
