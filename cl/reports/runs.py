@@ -82,18 +82,19 @@ def find_results(paths: list[str]) -> list[Path]:
     """``results.json`` files under the given files, directories or glob patterns."""
     found: list[Path] = []
     for spec in paths:
-        matches = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
+        literal = not glob.has_magic(spec)  # a glob may also match other files of a sweep
+        matches = [spec] if literal else sorted(glob.glob(spec))
         if not matches:
             print(f"warning: no run matches {spec}", file=sys.stderr)
         for p in map(Path, matches):
             if p.is_dir():
                 found.extend(sorted(f for f in p.rglob("results.json") if f.is_file()))
-            elif p.is_file() and p.name.endswith(".json"):
+            elif p.is_file() and (p.name == "results.json" or (literal and p.suffix == ".json")):
                 found.append(p)
-            elif not p.exists():
+            elif literal and not p.exists():
                 raise CLError(f"no such run, sweep or results file: {spec}")
-            else:
-                raise CLError(f"{spec} is neither a run/sweep directory nor a results.json")
+            elif literal:
+                raise CLError(f"{spec} is neither a run or sweep directory nor a results .json")
     seen: set[Path] = set()
     unique = []
     for f in found:  # overlapping paths name the same run once
