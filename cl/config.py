@@ -7,7 +7,10 @@ wrong type is rejected when the config is composed, before any training.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl.errors import ConfigError
+from cl.errors import ConfigError, reason
 from cl.strategy import RunContext, Strategy, TrainConfig
+from cl.validation import check_config, one_of, positive, unknown_keys
 
 
 @dataclass
@@ -43,6 +47,13 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     mode: str = "auto"
     log_every_n_steps: int = 25
+
+    def validate(self) -> None:
+        one_of("logger.wandb", self, "mode", WANDB_MODES)
+        positive("logger.wandb", self, "log_every_n_steps")
+
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 @dataclass
@@ -145,25 +156,44 @@ def register_configs() -> None:
     load_builtin_models()
     load_builtin_strategies()
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(group="schema/logger", name="base", node=LoggerConfig)
+    _store(cs, None, "run_schema", RunConfig)
+    _store(cs, "schema/logger", "base", LoggerConfig)
     for e in STREAMS.entries():
-        cs.store(group="schema/stream", name=e.name, node=e.config_cls)
+        _store(cs, "schema/stream", e.name, e.config_cls)
     for e in MODELS.entries():
-        cs.store(group="schema/model", name=e.name, node=e.config_cls)
+        _store(cs, "schema/model", e.name, e.config_cls)
     for e in STRATEGIES.entries():
-        cs.store(group="schema/strategy", name=e.name, node=e.config_cls)
+        _store(cs, "schema/strategy", e.name, e.config_cls)
     register_resolvers()
 
 
+def _store(cs: ConfigStore, group: str | None, name: str, cls: type) -> None:
+    """Store ``cls``'s schema unless that very class is stored there already (storing converts
+    the dataclass, which makes repeated in-process runs slow)."""
+    path = f"{group}/{name}.yaml" if group else f"{name}.yaml"
+    with contextlib.suppress(Exception):  # not stored yet
+        if OmegaConf.get_type(cs.load(path).node) is cls:
+            return
+    cs.store(group=group, name=name, node=cls)
+
+
 def to_dataclass(node: Any, cls: type, where: str) -> Any:
-    """Validate a config node against ``cls`` and return the dataclass instance."""
+    """Validate a config node against ``cls`` and return the dataclass instance.
+
+    Unknown keys (the closest valid name is suggested), wrong types, non-finite floats and the
+    ranges of the dataclass's ``validate()`` (nested dataclasses included) are rejected with
+    one :class:`ConfigError` naming the key.
+    """
+    if isinstance(node, DictConfig):
+        unknown_keys(where, node, cls)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), node)
-        return OmegaConf.to_object(merged)
+        obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         raise ConfigError(f"invalid {where} config: {msg}") from None
+    check_config(where, obj)
+    return obj
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -198,24 +228,24 @@ def build(cfg: DictConfig) -> Built:
     load_builtin_streams()
     load_builtin_models()
     train: TrainConfig = to_dataclass(cfg.train, TrainConfig, "train")
-    train.validate()
     device = resolve_device(str(cfg.device))
+    to_dataclass(cfg.logger, LoggerConfig, "logger")
 
     s_entry = STREAMS.get(str(cfg.stream.name))
     stream_cfg = to_dataclass(cfg.stream, s_entry.config_cls, "stream")
-    stream = s_entry.builder(stream_cfg)
-    info = stream.info()
-
     strat_cls = get_strategy(str(cfg.strategy.name))
     strat_cfg = to_dataclass(cfg.strategy, strat_cls.config_cls, "strategy")
+    m_entry = MODELS.get(str(cfg.model.name))
+    model_cfg = to_dataclass(cfg.model, m_entry.config_cls, "model")
+
+    stream = s_entry.builder(stream_cfg)
+    info = stream.info()
     strat_cls.check_stream(
         info, config=strat_cfg, allow_task_oracle=bool(cfg.get("allow_task_oracle", False))
     )
 
     torch.manual_seed(int(cfg.seed))
-    m_entry = MODELS.get(str(cfg.model.name))
-    model_cfg = to_dataclass(cfg.model, m_entry.config_cls, "model")
-    model = m_entry.builder(model_cfg, info).to(device)
+    model = build_model(m_entry.builder, model_cfg, info, device)
 
     stream = stream.to(device)
     context = RunContext(
@@ -226,8 +256,44 @@ def build(cfg: DictConfig) -> Built:
         past_experience=lambda i: stream.experiences[i],
         deterministic=bool(cfg.get("deterministic", False)),
     )
-    strategy = strat_cls(config=strat_cfg, model=model, context=context)
+    with allocating(f"strategy {strat_cfg.name!r}", device):
+        strategy = strat_cls(config=strat_cfg, model=model, context=context)
     return Built(stream=stream, model=model, strategy=strategy, context=context, train=train)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every check of :func:`build` that needs no data: the train, logger, stream, strategy and
+    model configs and the device (run before Hydra creates the run directory)."""
+    from cl.models import MODELS
+    from cl.strategy import get_strategy
+    from cl.streams import STREAMS
+
+    to_dataclass(cfg.train, TrainConfig, "train")
+    resolve_device(str(cfg.device))
+    to_dataclass(cfg.logger, LoggerConfig, "logger")
+    to_dataclass(cfg.stream, STREAMS.get(str(cfg.stream.name)).config_cls, "stream")
+    to_dataclass(cfg.strategy, get_strategy(str(cfg.strategy.name)).config_cls, "strategy")
+    to_dataclass(cfg.model, MODELS.get(str(cfg.model.name)).config_cls, "model")
+
+
+def build_model(builder: Any, model_cfg: Any, info: Any, device: torch.device) -> torch.nn.Module:
+    """The model on ``device``; a failed allocation is a :class:`ConfigError` naming the model."""
+    with allocating(f"model {model_cfg.name!r}", device):
+        return builder(model_cfg, info).to(device)
+
+
+@contextlib.contextmanager
+def allocating(what: str, device: torch.device) -> Iterator[None]:
+    """Turn an allocation failure inside the block into a :class:`ConfigError` naming ``what``."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "allocate" not in str(e):
+            raise
+        detail = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", reason(e))
+        raise ConfigError(
+            f"{what} does not fit in memory on {device} ({detail}); reduce its sizes"
+        ) from None
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

@@ -318,15 +318,43 @@ def _job_failed(cfg: DictConfig, run_dir: Path, e: Exception) -> float:
     return float("nan")
 
 
-def main() -> None:
-    """Console script ``cl-run``."""
+def cli(argv: list[str] | None = None) -> int:
+    """``cl-run`` on ``argv`` (default: the command line) in this process; the exit code.
+
+    The command line is checked before Hydra starts (:func:`cl.preflight.preflight`), so a bad
+    input is one ``error:`` line, exit code 2, and creates no run directory.
+    """
     import hydra
 
+    from cl.preflight import preflight
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        preflight(argv)
+    except CLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     register_configs()
     entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(
         _hydra_entry
     )
-    entry()
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "cl-run", *argv]
+    try:
+        entry()
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def main() -> None:
+    """Console script ``cl-run``."""
+    sys.exit(cli())
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from cl.optim import (
 )
 from cl.registry import Registry
 from cl.streams.base import Experience, StreamInfo, TensorData
+from cl.validation import fraction, non_negative, positive
 
 
 @dataclass
@@ -112,6 +113,9 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown train.optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
             )
+        fraction("train", self, "momentum", high_open=True)
+        non_negative("train", self, "weight_decay")
+        positive("train", self, "grad_clip")
         self._validate_loop_options()
 
     def _validate_loop_options(self) -> None:

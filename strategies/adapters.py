@@ -36,6 +36,7 @@ from cl.models.adapter_router import (
 from cl.models.heads import MultiHead
 from cl.strategy import ExperienceStats, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
+from cl.validation import fraction, non_negative, positive
 
 # Same as cl.models.mora.MORA_TYPES (kept here: that module imports peft, which is slow).
 MORA_TYPES = (1, 6)
@@ -96,6 +97,9 @@ class AdaptersConfig(StrategyConfig):
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"strategy.{msg}")
+        fraction("strategy", self, "lora_dropout", high_open=True)
+        non_negative("strategy", self, "router_shrinkage")
+        positive("strategy", self, "router_temperature", "lora_alpha")
 
 
 @register_strategy("adapters")

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from cl.errors import ConfigError
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
+from cl.validation import fraction, non_negative, one_of, positive
 
 ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 
@@ -78,6 +79,15 @@ class EWCConfig(StrategyConfig):
     fisher_batch_size: int = 512
     fisher_max_samples: int | None = 10000
     penalty_step: str = "explicit"
+
+    def validate(self) -> None:
+        non_negative("strategy", self, "ewc_lambda")
+        fraction("strategy", self, "gamma", high_open=False)
+        positive("strategy", self, "fisher_batch_size", "fisher_max_samples")
+        one_of("strategy", self, "mode", ("separate", "online"))
+        one_of("strategy", self, "estimator", ESTIMATORS)
+        one_of("strategy", self, "fisher_method", ("auto", "vmap"))
+        one_of("strategy", self, "penalty_step", ("explicit", "implicit"))
 
 
 @register_strategy("ewc")

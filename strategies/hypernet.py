@@ -25,9 +25,10 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from cl.errors import ConfigError
-from cl.models.hypernet import HyperNetwork, TargetSpec
+from cl.models.hypernet import ACTIVATIONS, HyperNetwork, TargetSpec
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
+from cl.validation import non_negative, one_of, positive
 
 
 @dataclass
@@ -57,6 +58,12 @@ class HypernetConfig(StrategyConfig):
     chunk_emb_dim: int = 8
     reg_tasks_per_step: int | None = None
     lookahead: bool = False
+
+    def validate(self) -> None:
+        non_negative("strategy", self, "beta")
+        positive("strategy", self, "emb_dim", "emb_init_std", "hidden_sizes", "chunk_size")
+        positive("strategy", self, "chunk_emb_dim", "reg_tasks_per_step")
+        one_of("strategy", self, "activation", ACTIVATIONS)
 
 
 @register_strategy("hypernet")

@@ -31,6 +31,7 @@ from cl.models.prompting import PromptableBackbone, frozen_promptable
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
 from cl.testing import TINY_VIT_SETUP
+from cl.validation import non_negative, one_of, positive
 
 
 @dataclass
@@ -62,6 +63,15 @@ class L2PConfig(StrategyConfig):
     batchwise_prompt: bool = False
     task_prompt_mask: bool = False
     readout: str = "prompt"
+
+    def validate(self) -> None:
+        positive("strategy", self, "pool_size", "prompt_length", "top_k", "init_range")
+        non_negative("strategy", self, "pull_lambda")
+        one_of("strategy", self, "readout", ("prompt", "cls"))
+        if self.top_k > self.pool_size:
+            raise ConfigError(
+                f"strategy.top_k must be <= strategy.pool_size ({self.pool_size}), got {self.top_k}"
+            )
 
 
 class PromptPool(nn.Module):

@@ -18,6 +18,7 @@ from cl.errors import ConfigError
 from cl.models.heads import MultiHead
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
+from cl.validation import non_negative, positive
 
 
 @dataclass
@@ -42,6 +43,10 @@ class LwFConfig(StrategyConfig):
     alpha: float = 1.0
     temperature: float = 2.0
     t2_scaling: bool = False
+
+    def validate(self) -> None:
+        non_negative("strategy", self, "alpha")
+        positive("strategy", self, "temperature")
 
 
 @register_strategy("lwf")

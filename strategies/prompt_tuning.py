@@ -26,6 +26,7 @@ from cl.models.prompting import PromptableBackbone, frozen_promptable
 from cl.strategy import Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
 from cl.testing import TEXT_SETUP
+from cl.validation import non_negative, one_of, positive
 
 READOUTS = ("mean", "cls", "prompt")
 
@@ -55,6 +56,11 @@ class PromptConfig(StrategyConfig):
     readout: str = "mean"
     mask_other_logits: bool = True
     train_head: bool = True
+
+    def validate(self) -> None:
+        positive("strategy", self, "prompt_length", "init_std")
+        non_negative("strategy", self, "mlp_bottleneck")
+        one_of("strategy", self, "readout", READOUTS)
 
 
 PC = TypeVar("PC", bound=PromptConfig)

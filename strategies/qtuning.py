@@ -67,6 +67,7 @@ from cl.models.prompt_queue import PromptQueue, info_nce
 from cl.strategy import Batch, register_strategy
 from cl.streams.base import Experience
 from cl.testing import TEXT_SETUP
+from cl.validation import non_negative, one_of, positive
 from strategies.prompt_tuning import PromptConfig, PromptStrategy
 
 
@@ -95,6 +96,14 @@ class QTuningConfig(PromptConfig):
     mr_always: bool = False
     prefix_at_test: str = "own"
     shared_mlp: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        positive("strategy", self, "agg_rank", "mr_tau")
+        non_negative("strategy", self, "prefix_length", "mr_lambda")
+        one_of("strategy", self, "prefix_at_test", ("own", "latest"))
+        if self.capacity < 2:
+            raise ConfigError(f"strategy.capacity must be >= 2, got {self.capacity}")
 
 
 @register_strategy("qtuning")

@@ -17,6 +17,7 @@ import torch
 from cl.errors import ConfigError
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
+from cl.validation import non_negative, one_of
 
 POLICIES = ("reservoir", "class_balanced", "experience_balanced")
 
@@ -41,6 +42,10 @@ class ReplayConfig(StrategyConfig):
     buffer_size: int = 1000
     policy: str = "reservoir"
     replay_ratio: float = 1.0
+
+    def validate(self) -> None:
+        non_negative("strategy", self, "buffer_size", "replay_ratio")
+        one_of("strategy", self, "policy", POLICIES)
 
 
 @register_strategy("replay")

@@ -122,7 +122,7 @@ def test_report_definitions_load_and_select_runs(tmp_path, sweep_dir):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Only replay" in page and page.count("<img ") == 1
     assert "<td>replay</td>" in page and "<td>naive</td>" not in page
-    assert cl_report([str(tmp_path / "nothing-here")]) == 0
+    assert cl_report([str(tmp_path / "nothing-here")]) == 2  # a path that does not exist
 
 
 def test_wandb_report_has_the_same_panels():

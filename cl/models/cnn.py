@@ -9,6 +9,7 @@ from torch import nn
 from cl.errors import ConfigError
 from cl.models import CLModel, ModelConfig, make_head, register_model
 from cl.streams.base import StreamInfo
+from cl.validation import affordable, positive
 
 
 @dataclass
@@ -26,6 +27,9 @@ class CNNConfig(ModelConfig):
     hidden_size: int = 128
     batch_norm: bool = False
 
+    def validate(self) -> None:
+        positive("model", self, "channels", "hidden_size")
+
 
 @register_model("cnn", CNNConfig)
 def build_cnn(cfg: CNNConfig, info: StreamInfo) -> CLModel:
@@ -34,6 +38,8 @@ def build_cnn(cfg: CNNConfig, info: StreamInfo) -> CLModel:
             f"model 'cnn' needs image inputs (C, H, W); stream {info.name!r} has none"
         )
     c_in, h, w = info.input_shape
+    sizes = f"model.channels={list(cfg.channels)} with model.hidden_size={cfg.hidden_size}"
+    affordable(_n_params(cfg, info), sizes)
     layers: list[nn.Module] = []
     for c in cfg.channels:
         layers.append(nn.Conv2d(c_in, c, 3, padding=1))
@@ -46,3 +52,16 @@ def build_cnn(cfg: CNNConfig, info: StreamInfo) -> CLModel:
         c_in = c
     layers += [nn.Flatten(), nn.Linear(c_in * h * w, cfg.hidden_size), nn.ReLU()]
     return CLModel(nn.Sequential(*layers), make_head(cfg, cfg.hidden_size, info), cfg.hidden_size)
+
+
+def _n_params(cfg: CNNConfig, info: StreamInfo) -> int:
+    """Parameters of :func:`build_cnn`'s network, counted before anything is allocated."""
+    assert info.input_shape is not None
+    c_in, h, w = info.input_shape
+    n = 0
+    for c in cfg.channels:
+        n += (c_in * 9 + 1) * c
+        if min(h, w) >= 2:
+            h, w = h // 2, w // 2
+        c_in = c
+    return n + (c_in * h * w + 1) * cfg.hidden_size + (cfg.hidden_size + 1) * info.n_classes

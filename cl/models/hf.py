@@ -18,6 +18,7 @@ from cl.errors import ConfigError, DataNotFoundError
 from cl.models import CLModel, ModelConfig, make_head, register_model
 from cl.models.prompting import POOLINGS, PromptableBackbone
 from cl.streams.base import StreamInfo
+from cl.validation import one_of
 
 
 def default_text_model_path() -> str:
@@ -88,6 +89,9 @@ class HFEncoderConfig(ModelConfig):
     path: str | None = None
     pooling: str = "mean"
     freeze: bool = True
+
+    def validate(self) -> None:
+        one_of("model", self, "pooling", POOLINGS)
 
 
 @register_model("hf_encoder", HFEncoderConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from torch import nn
 from cl.errors import ConfigError
 from cl.models import CLModel, ModelConfig, make_head, register_model
 from cl.streams.base import StreamInfo
+from cl.validation import affordable, fraction, positive
 
 
 @dataclass
@@ -25,6 +27,10 @@ class MLPConfig(ModelConfig):
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
 
+    def validate(self) -> None:
+        positive("model", self, "hidden_sizes")
+        fraction("model", self, "dropout", high_open=True)
+
 
 @register_model("mlp", MLPConfig)
 def build_mlp(cfg: MLPConfig, info: StreamInfo) -> CLModel:
@@ -34,8 +40,11 @@ def build_mlp(cfg: MLPConfig, info: StreamInfo) -> CLModel:
         )
     if any(h <= 0 for h in cfg.hidden_sizes):
         raise ConfigError(f"model.hidden_sizes must be positive, got {list(cfg.hidden_sizes)}")
+    widths = [math.prod(info.input_shape), *cfg.hidden_sizes, info.n_classes]
+    n_params = sum((a + 1) * b for a, b in itertools.pairwise(widths))
+    affordable(n_params, f"model.hidden_sizes={list(cfg.hidden_sizes)}")
     layers: list[nn.Module] = [nn.Flatten()]
-    width = math.prod(info.input_shape)
+    width = widths[0]
     for h in cfg.hidden_sizes:
         layers += [nn.Linear(width, h), nn.ReLU()]
         if cfg.dropout > 0:

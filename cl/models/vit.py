@@ -23,6 +23,7 @@ from cl.errors import ConfigError, DataNotFoundError
 from cl.models import CLModel, ModelConfig, make_head, register_model
 from cl.models.prompting import POOLINGS, PromptableBackbone
 from cl.streams.base import StreamInfo
+from cl.validation import one_of, positive
 
 
 class ImageAdapter(nn.Module):
@@ -104,6 +105,11 @@ class ViTConfig(ModelConfig):
     pretrained_file: str | None = None
     pooling: str = "cls"
     freeze: bool = False
+
+    def validate(self) -> None:
+        positive("model", self, "img_size", "patch_size", "depth", "embed_dim", "num_heads")
+        positive("model", self, "in_chans")
+        one_of("model", self, "pooling", POOLINGS)
 
 
 def create_vit(cfg: ViTConfig) -> nn.Module:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cl.errors import CLError, reason
 from cl.metrics import METRICS, evaluation_protocol, undefined_metrics
 
 __all__ = ["METRICS", "Run", "find_results", "load_runs", "load_wandb_runs", "run_from_results"]
@@ -87,12 +88,19 @@ def find_results(paths: list[str]) -> list[Path]:
     """``results.json`` files under the given files, directories or glob patterns."""
     found: list[Path] = []
     for spec in paths:
-        matches = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
+        literal = not glob.has_magic(spec)  # a glob may also match other files of a sweep
+        matches = [spec] if literal else sorted(glob.glob(spec))
+        if not matches:
+            print(f"warning: no run matches {spec}", file=sys.stderr)
         for p in map(Path, matches):
-            if p.is_file() and p.name == "results.json":
+            if p.is_dir():
+                found.extend(sorted(f for f in p.rglob("results.json") if f.is_file()))
+            elif p.is_file() and (p.name == "results.json" or (literal and p.suffix == ".json")):
                 found.append(p)
-            elif p.is_dir():
-                found.extend(sorted(p.rglob("results.json")))
+            elif literal and not p.exists():
+                raise CLError(f"no such run, sweep or results file: {spec}")
+            elif literal:
+                raise CLError(f"{spec} is neither a run or sweep directory nor a results .json")
     seen: set[Path] = set()
     unique = []
     for f in found:  # overlapping paths name the same run once
@@ -178,11 +186,34 @@ def load_runs(paths: list[str]) -> list[Run]:
     for f in find_results(paths):
         try:
             data = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            print(f"skipping {f}: {e}", file=sys.stderr)
-            continue
-        runs.append(run_from_results(data, str(f), _overrides(f.parent)))
+            check_results(data)
+            runs.append(run_from_results(data, str(f), _overrides(f.parent)))
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            print(f"warning: skipping {f}: {reason(e)}", file=sys.stderr)
     return runs
+
+
+def check_results(data: Any) -> None:
+    """Raise ``ValueError`` unless ``data`` has the shape of a cl-run ``results.json``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"not a cl-run results.json (a JSON {type(data).__name__})")
+    kinds = {"run": dict, "config": dict, "stream": dict, "metrics": dict, "budget": dict}
+    for key, kind in {**kinds, "acc_matrix": list, "per_experience": list}.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise ValueError(f"'{key}' must be a JSON {kind.__name__}")
+    if not isinstance(data.get("run"), dict):
+        raise ValueError("not a cl-run results.json (no 'run' record)")
+    number = (int, float)
+    for row in data.get("acc_matrix") or []:
+        if not isinstance(row, list) or not all(isinstance(v, number) for v in row):
+            raise ValueError("'acc_matrix' must be a list of rows of numbers")
+    for part in ("metrics", "budget"):
+        for name, value in (data.get(part) or {}).items():
+            if value is not None and not isinstance(value, number):
+                raise ValueError(f"{part} {name!r} must be a number or null, got {value!r}")
+    for rec in data.get("per_experience") or []:
+        if not isinstance(rec, dict) or not isinstance(rec.get("train_seconds", 0), number):
+            raise ValueError("'per_experience' must be a list of records with numeric times")
 
 
 def load_wandb_runs(

@@ -39,6 +39,7 @@ from cl.streams.text_sources import (
     Text,
     load_source,
 )
+from cl.validation import one_of, positive
 
 CACHE_VERSION = 1
 
@@ -142,6 +143,11 @@ class TextStreamConfig:
     max_train_per_experience: int | None = None
     max_test_per_experience: int | None = None
     cache_dir: str | None = None
+
+    def validate(self) -> None:
+        positive("stream", self, "max_len", "k_shot", "max_test_per_class")
+        positive("stream", self, "max_train_per_experience", "max_test_per_experience")
+        one_of("stream", self, "scenario", ("task_il", "class_il"))
 
 
 def long_task_specs() -> list[str]:

@@ -17,6 +17,7 @@ from torch import Tensor
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
 from cl.streams.base import Experience, Stream, TensorData
+from cl.validation import fraction, positive
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 # File names of MNIST-style idx datasets (stored gzipped or not).
@@ -67,6 +68,11 @@ class VisionStreamConfig:
     validation: bool = False
     validation_fraction: float = 0.2
     validation_seed: int = 0
+
+    def validate(self) -> None:
+        positive("stream", self, "n_experiences", "max_experiences")
+        positive("stream", self, "max_train_per_experience", "max_test_per_experience")
+        fraction("stream", self, "validation_fraction", low_open=True, high_open=True)
 
 
 @dataclass
