@@ -177,7 +177,7 @@ def run_experiment(
             check_fresh(run_dir)
             if hydra_files:
                 write_hydra_files(run_dir, hydra_files)
-            return _run(cfg, run_dir, None)
+            return _run(cfg, run_dir, None, resumed=False)
         cfg, applied = apply_resume_overrides(saved, cfg, overrides)
         finished = _finished_record(run_dir)
         if finished is not None:
@@ -185,10 +185,12 @@ def run_experiment(
             return finished
         if applied:
             print(f"resuming with {' '.join(applied)}", file=sys.stderr)
-        return _run(cfg, run_dir, load_checkpoint(run_dir / "checkpoints"))
+        return _run(cfg, run_dir, load_checkpoint(run_dir / "checkpoints"), resumed=True)
 
 
-def _run(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None) -> RunRecord:
+def _run(
+    cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None, *, resumed: bool
+) -> RunRecord:
     seed = int(cfg.seed)
     seed_all(seed)
     built = build(cfg)
@@ -219,7 +221,7 @@ def _run(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None) -> R
             scenario=stream.scenario,
             versions=_versions(),
         )
-        if cfg.get("resume"):  # died before its first checkpoint: keep the W&B run going
+        if resumed:  # died before its first checkpoint: keep the W&B run going
             record.wandb_id = _previous_wandb_id(run_dir)
         start = 0
 
