@@ -20,18 +20,47 @@ import torch
 from omegaconf import OmegaConf
 
 from cl.checkpoint import LAST, save_checkpoint
+from cl.logging.base import RunRecord
 from cl.logging.files import temp_name
 from cl.logging.wandb_offline import offline_runs, read_offline_run
+from cl.logging.wandb_sink import WandbSink
 from cl.run import KILL_AFTER_ENV, run_experiment
 from cl.rundir import LOCK_NAME, RunDirError, apply_resume_overrides, run_dir_lock
 from tests.conftest import compose_cfg
-from tests.test_cli import cl_run
 
 FAST = ("debug=fast", "device=cpu")
 
 
+@pytest.fixture(autouse=True)
+def _keep_wandb_service_private():
+    """In-process W&B runs export WANDB_SERVICE: keep later subprocesses off that service."""
+    before = os.environ.get("WANDB_SERVICE")
+    yield
+    if before is None:
+        os.environ.pop("WANDB_SERVICE", None)
+    else:
+        os.environ["WANDB_SERVICE"] = before
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **extra}
+    env.pop("WANDB_SERVICE", None)  # each cl-run starts its own W&B service, as from a shell
+    return env
+
+
+def cl_run(*args: str, cwd: Path, env_extra: dict[str, str] | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "cl.run", *args],
+        cwd=cwd,
+        env=_env(**(env_extra or {})),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def _popen(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = _env()
     return subprocess.Popen(
         [sys.executable, "-m", "cl.run", *args],
         cwd=cwd,
@@ -193,16 +222,48 @@ def test_unwritable_wandb_dir_completes_with_the_error_recorded(tmp_path, capfd)
     assert rec2.wandb_error is None and read_offline_run(w).run_id == rec2.wandb_id
 
 
-# W&B reads its environment once per process: each case runs the sink in a fresh one.
-SINK_SCRIPT = """
+def test_wandb_with_a_bad_mode_warns_once_and_records_why(tmp_path, capfd):
+    sink = WandbSink(
+        run_dir=tmp_path,
+        project="p",
+        entity=None,
+        group=None,
+        tags=[],
+        mode="bogus",
+        log_every_n_steps=1,
+    )
+    rec = RunRecord(
+        name="r",
+        seed=0,
+        device="cpu",
+        started="t",
+        config={},
+        stream={},
+        scenario="class_il",
+        versions={},
+    )
+    sink.start(rec, resumed=False)
+    for step in range(3):
+        sink.step(step, 8, torch.tensor(1.0))
+    sink.end_experience(rec)
+    sink.finish(rec)
+    assert rec.wandb_error is not None and "ValidationError" in rec.wandb_error
+    assert "mode" in rec.wandb_error and "\n" not in rec.wandb_error
+    err = capfd.readouterr().err
+    assert len([line for line in err.splitlines() if line.startswith("warning: W&B")]) == 1
+    _no_traceback(err)
+
+
+# W&B reads its environment once per process: this case runs the sink in a fresh one.
+NO_NETWORK = """
 import sys, torch
 from pathlib import Path
 from cl.logging.base import RunRecord
 from cl.logging.wandb_sink import WandbSink
 rec = RunRecord(name="r", seed=0, device="cpu", started="t", config={}, stream={},
                 scenario="class_il", versions={})
-sink = WandbSink(run_dir=Path(sys.argv[2]), project="p", entity=None, group=None, tags=[],
-                 mode=sys.argv[1], log_every_n_steps=1)
+sink = WandbSink(run_dir=Path(sys.argv[1]), project="p", entity=None, group=None, tags=[],
+                 mode="online", log_every_n_steps=1)
 sink.start(rec, resumed=False)
 for step in range(3):
     sink.step(step, 8, torch.tensor(1.0))
@@ -211,32 +272,22 @@ print(rec.wandb_error)
 """
 
 
-@pytest.mark.parametrize(
-    ("mode", "env", "expected"),
-    [
-        ("bogus", {}, "ValidationError"),
-        (
-            "online",  # no network: nothing listens on the discard port
-            {
-                "WANDB_API_KEY": "x" * 40,
-                "WANDB_BASE_URL": "http://127.0.0.1:9",
-                "WANDB_INIT_TIMEOUT": "5",
-            },
-            "CommError",
-        ),
-    ],
-)
-def test_wandb_that_cannot_start_warns_once_and_records_why(mode, env, expected, tmp_path):
+def test_wandb_without_network_warns_once_and_records_why(tmp_path):
+    no_network = {  # nothing listens on the discard port
+        "WANDB_API_KEY": "x" * 40,
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+        "WANDB_INIT_TIMEOUT": "5",
+    }
     p = subprocess.run(
-        [sys.executable, "-c", SINK_SCRIPT, mode, str(tmp_path)],
-        env={**os.environ, "WANDB_MODE": "offline", **env},
+        [sys.executable, "-c", NO_NETWORK, str(tmp_path)],
+        env=_env(**no_network),
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert p.returncode == 0, p.stderr[-2000:]
     (error,) = p.stdout.strip().splitlines()  # recorded, on one line
-    assert expected in error
+    assert "CommError" in error
     assert len([line for line in p.stderr.splitlines() if line.startswith("warning: W&B")]) == 1
     _no_traceback(p.stderr)
 
@@ -256,6 +307,7 @@ def test_kill_before_first_checkpoint_resumes_into_the_same_wandb_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming with train.eval_batch_size=64" in resumed.stderr
     final = _results(run)
+    assert final["run"]["wandb_error"] is None, final["run"]["wandb_error"]
     assert final["run"]["status"] == "complete" and final["run"]["wandb_id"] == wandb_id
     assert final["config"]["train"]["eval_batch_size"] == 64
     dirs = offline_runs(run)
