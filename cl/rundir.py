@@ -38,10 +38,13 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         run_dir: The run directory (created if missing).
 
     Raises:
-        RunDirError: Another live process holds the lock.
+        RunDirError: Another live process holds the lock, or the directory cannot be written.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

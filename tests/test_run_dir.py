@@ -133,6 +133,12 @@ def test_lock_is_exclusive_and_released_when_the_holder_ends(tmp_path):
             pass
     with run_dir_lock(tmp_path):  # released: the next holder gets it at once
         pass
+    (tmp_path / "file").write_text("")
+    with (
+        pytest.raises(RunDirError, match=r"cannot write to run directory .*Not a directory"),
+        run_dir_lock(tmp_path / "file" / "run"),
+    ):
+        pass
 
 
 def test_checkpoint_temp_files_are_unique_and_never_left_behind(tmp_path):
