@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cl.errors import ConfigError
+from cl.logging.files import temp_name
 
 LAST = "last.pt"
 
@@ -35,19 +36,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, payload: dict[str, Any], *, index: int, keep_all: bool) -> Path:
-    """Write ``payload`` to ``folder/last.pt`` via a temp file and rename (never half-written)."""
+    """Write ``payload`` to ``folder/last.pt`` via a temp file and rename (never half-written).
+
+    The temp file's name is unique to the process and the call, and it is removed when the
+    write fails; ``keep_all`` adds ``exp<index>.pt``, a hard link swapped in the same way.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{LAST}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / LAST)
-    if keep_all:
-        per_exp = folder / f"exp{index}.pt"
-        per_exp.unlink(missing_ok=True)
-        os.link(folder / LAST, per_exp)
-    return folder / LAST
+    last = folder / LAST
+    tmp = temp_name(last)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, last)
+        if keep_all:
+            per_exp = folder / f"exp{index}.pt"
+            tmp = temp_name(per_exp)
+            os.link(last, tmp)
+            os.replace(tmp, per_exp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return last
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any] | None:

@@ -122,11 +122,6 @@ def _run_dir(resume: str | None, default: str) -> str:
     return str(resume) if resume else default
 
 
-def _output_subdir(resume: str | None) -> str | None:
-    # A resumed run keeps the composed config of its first start.
-    return None if resume else ".hydra"
-
-
 # The Hydra config groups live at the repository root (editable install).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -141,9 +136,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("cl_run_dir", _run_dir), ("cl_output_subdir", _output_subdir)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+    if not OmegaConf.has_resolver("cl_run_dir"):
+        OmegaConf.register_new_resolver("cl_run_dir", _run_dir)
 
 
 def register_configs() -> None:

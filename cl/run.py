@@ -8,7 +8,9 @@ import platform
 import random
 import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,13 @@ from cl.evaluate import evaluate_row, primary, protocol
 from cl.logging.base import RunRecord, Sink
 from cl.logging.console import ConsoleSink
 from cl.logging.files import FileSink
+from cl.rundir import (
+    RunDirError,
+    apply_resume_overrides,
+    check_fresh,
+    run_dir_lock,
+    write_hydra_files,
+)
 
 # Testing hooks: SIGKILL the process right after experience N (0-based) is checkpointed, or at
 # training step K (1-based) of experience N ("N:K"); a ":raise" suffix raises KeyboardInterrupt
@@ -83,53 +92,138 @@ def experience_seed(seed: int, index: int) -> int:
 
 
 def make_sinks(cfg: DictConfig, run_dir: Path, record: RunRecord) -> list[Sink]:
-    sinks: list[Sink] = [FileSink(run_dir)]
+    """The run's sinks; the file sink comes last, so it writes what the others added."""
+    sinks: list[Sink] = []
     if cfg.logger.console:
         sinks.append(ConsoleSink())
     wb = cfg.logger.wandb
     if wb.enabled:
-        from cl.logging.wandb_sink import WandbSink
+        from cl.logging.wandb_sink import WandbSink, new_run_id
 
-        sinks.append(
-            WandbSink(
-                run_dir=run_dir,
-                project=wb.project,
-                entity=wb.entity,
-                group=wb.group,
-                tags=list(wb.tags),
-                mode=wb.mode,
-                log_every_n_steps=wb.log_every_n_steps,
-            )
+        sink = WandbSink(
+            run_dir=run_dir,
+            project=wb.project,
+            entity=wb.entity,
+            group=wb.group,
+            tags=list(wb.tags),
+            mode=wb.mode,
+            log_every_n_steps=wb.log_every_n_steps,
         )
+        if record.wandb_id is None and sink.mode != "disabled":
+            # Known before W&B starts, so results.json names it from the first write and a
+            # run killed before its first checkpoint resumes into the same W&B run.
+            record.wandb_id = new_run_id()
+        sinks.append(sink)
+    sinks.append(FileSink(run_dir))
     return sinks
 
 
 class _Fanout:
+    """Calls every sink in turn; one sink's failure does not keep the later ones from running."""
+
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
 
     def __getattr__(self, name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> None:
+            failure: Exception | None = None
             for s in self.sinks:
-                getattr(s, name)(*args, **kwargs)
+                try:
+                    getattr(s, name)(*args, **kwargs)
+                except Exception as e:
+                    failure = failure or e
+            if failure is not None:
+                raise failure
 
         return call
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> RunRecord:
-    """Run (or resume) one experiment in ``run_dir`` and return its record."""
-    checkpoint: dict[str, Any] | None = None
-    if cfg.get("resume"):
-        run_dir = Path(str(cfg.resume))
-        cfg = load_run_config(run_dir)
-        checkpoint = load_checkpoint(run_dir / "checkpoints")
+class Terminated(BaseException):
+    """SIGTERM arrived: the run stops like an interrupted one and keeps what it finished."""
+
+
+@contextlib.contextmanager
+def _sigterm_records() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` so the run records its error, then die of it.
+
+    Only where nobody else handles SIGTERM (a launcher may), and only in the main thread.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("received SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # exit status: killed by SIGTERM, as before
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def run_experiment(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    overrides: Sequence[str] = (),
+    hydra_files: Mapping[str, Any] | None = None,
+) -> RunRecord:
+    """Run (or resume) one experiment in ``run_dir`` and return its record.
+
+    The run holds the directory's lock throughout: a second run aimed at it fails at once
+    and leaves every file alone.
+
+    Args:
+        cfg: The composed config. With ``resume`` set, the run in that directory continues
+            from its last checkpoint with its saved config.
+        run_dir: Where a new run writes (a resumed run writes into ``cfg.resume``).
+        overrides: The user's command-line overrides: on resume, those listed in
+            ``cl.rundir.SAFE_ON_RESUME`` apply and any other that changes a value is refused.
+        hydra_files: Composed-config files written to ``.hydra/`` of a new run under the lock.
+
+    Raises:
+        RunDirError: The directory is in use, a new run would overwrite an earlier one, or
+            an override cannot change on resume.
+    """
+    resume = cfg.get("resume")
+    saved = None
+    if resume:
+        run_dir = Path(str(resume))
+        saved = load_run_config(run_dir)
+    with run_dir_lock(run_dir), _sigterm_records():
+        if saved is None:
+            check_fresh(run_dir)
+            if hydra_files:
+                write_hydra_files(run_dir, hydra_files)
+            return _run(cfg, run_dir, None, resumed=False)
+        cfg, applied = apply_resume_overrides(saved, cfg, overrides)
+        finished = _finished_record(run_dir)
+        if finished is not None:
+            print(f"run {finished.name} in {run_dir} is already complete; nothing to do")
+            return finished
+        if applied:
+            print(f"resuming with {' '.join(applied)}", file=sys.stderr)
+        return _run(cfg, run_dir, load_checkpoint(run_dir / "checkpoints"), resumed=True)
+
+
+def _run(
+    cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None, *, resumed: bool
+) -> RunRecord:
     with deterministic_mode(bool(cfg.get("deterministic", False))):
-        return _run_loaded(cfg, run_dir, checkpoint)
+        return _run_body(cfg, run_dir, checkpoint, resumed=resumed)
 
 
-def _run_loaded(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None) -> RunRecord:
-    run_dir.mkdir(parents=True, exist_ok=True)
-
+def _run_body(
+    cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None, *, resumed: bool
+) -> RunRecord:
     seed = int(cfg.seed)
     seed_all(seed)
     built = build(cfg)
@@ -163,14 +257,13 @@ def _run_loaded(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | Non
             versions=_versions(),
             evaluation=protocol(strategy, stream.scenario),
         )
-        if cfg.get("resume"):  # died before its first checkpoint: keep the W&B run going
+        if resumed:  # died before its first checkpoint: keep the W&B run going
             record.wandb_id = _previous_wandb_id(run_dir)
         start = 0
 
-    sinks = make_sinks(cfg, run_dir, record)
-    out = _Fanout(sinks)
-    out.start(record, resumed=checkpoint is not None)
+    out = _Fanout(make_sinks(cfg, run_dir, record))
     try:
+        out.start(record, resumed=checkpoint is not None)
         if start == 0:
             with timer(built.context.device) as t:
                 agn, aware = evaluate_row(
@@ -194,6 +287,19 @@ def _run_loaded(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | Non
             record.status = "partial"
         out.finish(record)
     return record
+
+
+def _finished_record(run_dir: Path) -> RunRecord | None:
+    """The record of a run whose results.json says it is complete, else None."""
+    import json
+
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("run", {}).get("status") != "complete":
+        return None
+    return RunRecord.from_results(results)
 
 
 def _previous_wandb_id(run_dir: Path) -> str | None:
@@ -272,8 +378,17 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    # Hydra does not write .hydra/ itself (hydra.output_subdir is null): the run writes it
+    # under the directory's lock, so a second cl-run aimed at a directory in use cannot
+    # overwrite the first run's config. The same three files Hydra would write.
+    hydra_files = {
+        "config.yaml": cfg,
+        "hydra.yaml": HydraConfig.instance().cfg,
+        "overrides.yaml": hc.overrides.task,
+    }
+    overrides = [str(o) for o in hc.overrides.task]
     try:
-        record = run_experiment(cfg, run_dir)
+        record = run_experiment(cfg, run_dir, overrides=overrides, hydra_files=hydra_files)
     except CLError as e:
         print(f"error: {e}", file=sys.stderr)
         if multirun:
@@ -292,10 +407,10 @@ def _job_failed(cfg: DictConfig, run_dir: Path, e: Exception) -> float:
     """A failed sweep job: keep the sweep going, leave a results.json that says why.
 
     Failures during training already left a partial results.json with the error; a job that
-    failed before (bad config value, missing data) gets a minimal one with status "failed".
-    NaN tells the Optuna sweeper the trial failed.
+    failed before (bad config value, missing data) gets a minimal one with status "failed",
+    unless the directory belongs to another run. NaN tells the Optuna sweeper the trial failed.
     """
-    if not (run_dir / "results.json").exists():
+    if not isinstance(e, RunDirError) and not (run_dir / "results.json").exists():
         try:
             config = OmegaConf.to_container(cfg, resolve=True)
         except Exception:  # an interpolation may be what failed

@@ -34,6 +34,7 @@ class RunRecord:
     error: str | None = None
     wandb_id: str | None = None
     evaluation: str | None = None
+    wandb_error: str | None = None
 
     @property
     def n_done(self) -> int:
@@ -73,6 +74,7 @@ class RunRecord:
                 "status": self.status,
                 "error": self.error,
                 "wandb_id": self.wandb_id,
+                "wandb_error": self.wandb_error,
             },
             "config": self.config,
             "stream": {**self.stream, "evaluation": self.protocol},
@@ -98,6 +100,33 @@ class RunRecord:
         d = dict(d)
         d["budget"] = Budget(**d["budget"])
         return cls(**d)
+
+    @classmethod
+    def from_results(cls, d: dict[str, Any]) -> RunRecord:
+        """Rebuild the record of a finished run from its ``results.json``."""
+        run = d["run"]
+        fields = Budget.__dataclass_fields__
+        return cls(
+            name=run["name"],
+            seed=run["seed"],
+            device=run["device"],
+            started=run["started"],
+            config=d["config"],
+            stream=d["stream"],
+            scenario=d["stream"].get("scenario"),
+            versions=run.get("versions", {}),
+            acc_matrix=d.get("acc_matrix") or [],
+            acc_matrix_task_aware=d.get("acc_matrix_task_aware"),
+            baseline=d.get("baseline_acc") or [],
+            baseline_task_aware=d.get("baseline_acc_task_aware"),
+            budget=Budget(**{k: v for k, v in d.get("budget", {}).items() if k in fields}),
+            per_experience=d.get("per_experience", []),
+            status=run["status"],
+            finished=run.get("finished"),
+            error=run.get("error"),
+            wandb_id=run.get("wandb_id"),
+            wandb_error=run.get("wandb_error"),
+        )
 
 
 class Sink:

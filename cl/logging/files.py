@@ -6,18 +6,29 @@ import csv
 import io
 import json
 import os
+import secrets
 from pathlib import Path
 
 from cl.logging.base import RunRecord, Sink
 
 
+def temp_name(path: Path) -> Path:
+    """A temp file next to ``path``, unique per process and call (pid and a random suffix)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``path`` via a unique temp file and a rename; no temp file outlives a failure."""
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class FileSink(Sink):

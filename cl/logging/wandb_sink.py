@@ -1,19 +1,24 @@
 """Weights & Biases sink: namespaced keys, matrix table and heatmap, per-task curves.
 
 One W&B run per cl-run job, finished before the next job of a multirun starts. The run id is
-kept in the run record, so ``resume=`` continues the same W&B run.
+kept in the run record, so ``resume=`` continues the same W&B run. W&B is never what loses a
+run: if it cannot start or write, the sink warns once, stops, and the error goes into
+``results.json`` (``run.wandb_error``) while the file sinks carry on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from cl.errors import reason
 from cl.logging.base import RunRecord, Sink
 
 
@@ -27,6 +32,12 @@ def has_api_key() -> bool:
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
     return bool(auth and auth[2])
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id (8 characters from ``[a-z0-9]``, like W&B's own)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def resolve_mode(mode: str) -> str:
@@ -92,13 +103,20 @@ class WandbSink(Sink):
         self.every = max(1, log_every_n_steps)
         self.run: Any = None
         self.global_step = 0
+        self.error: str | None = None
 
     def start(self, record: RunRecord, *, resumed: bool) -> None:
-        import wandb
-
         if self.mode == "disabled":
             return
         self.global_step = sum(int(p.get("steps", 0)) for p in record.per_experience)
+        try:
+            self._init(record)
+        except Exception as e:
+            self._failed(record, "could not start", e)
+
+    def _init(self, record: RunRecord) -> None:
+        import wandb
+
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
@@ -124,12 +142,34 @@ class WandbSink(Sink):
         for ns in ("eval/*", "cl/*", "budget/*"):
             self.run.define_metric(ns, step_metric="experience")
 
+    def _failed(self, record: RunRecord | None, what: str, e: Exception) -> None:
+        """W&B failed: warn once, stop using it, keep the error for ``results.json``."""
+        if self.error is None:
+            text = " ".join(str(e).split()) or reason(e)  # one line, whatever W&B raised
+            self.error = f"{what}: {type(e).__name__}: {text[:300]}"
+            print(
+                f"warning: W&B {self.error}; the run goes on with results.json and "
+                "metrics.csv only",
+                file=sys.stderr,
+            )
+        if record is not None:
+            record.wandb_error = self.error
+        run, self.run = self.run, None
+        if run is not None:
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
+
     def step(self, step: int, batch_size: int, loss: Tensor) -> None:
         self.global_step += 1
         if self.run is not None and self.global_step % self.every == 0:
-            self.run.log({"train/loss": float(loss), "train/step": self.global_step})
+            try:
+                self.run.log({"train/loss": float(loss), "train/step": self.global_step})
+            except Exception as e:
+                self._failed(None, "failed to log", e)
 
     def end_experience(self, record: RunRecord) -> None:
+        if self.error is not None:
+            record.wandb_error = self.error
         if self.run is None:
             return
         i = record.n_done - 1
@@ -148,42 +188,54 @@ class WandbSink(Sink):
         data["train/step"] = self.global_step
         for k in ("train_seconds", "eval_seconds", "trainable_params", "extra_state_bytes"):
             data[f"budget/{k}"] = pe[k]
-        self.run.log(data)
+        try:
+            self.run.log(data)
+        except Exception as e:
+            self._failed(record, "failed to log", e)
 
     def finish(self, record: RunRecord) -> None:
-        import wandb
-
+        if self.error is not None:
+            record.wandb_error = self.error
         if self.run is None:
             return
         try:
-            if record.acc_matrix:
-                self._log_matrix(wandb, record.acc_matrix, "acc_matrix", record.n_done)
-                if record.acc_matrix_task_aware:
-                    self._log_matrix(
-                        wandb, record.acc_matrix_task_aware, "acc_matrix_task_aware", record.n_done
-                    )
-            summary: dict[str, Any] = {
-                f"cl/{k}": v for k, v in record.metrics().items() if v is not None
-            }
-            # Never rank task-aware runs beside task-agnostic ones: the summary names the protocol.
-            summary["evaluation"] = record.protocol
-            summary.update({f"undefined/{k}": why for k, why in record.undefined_metrics().items()})
-            aware = record.metrics_task_aware()
-            if aware is not None and record.protocol != "task_aware":
-                summary.update({f"cl_task_aware/{k}": v for k, v in aware.items() if v is not None})
-            summary.update({f"budget/{k}": v for k, v in record.budget.to_dict().items()})
-            summary["status"] = record.status
-            summary["n_experiences_done"] = record.n_done
-            self.run.summary.update(summary)
-        finally:
-            offline = self.mode == "offline"
-            run_path = Path(self.run.dir).parent
-            self.run.finish(exit_code=0 if record.status == "complete" else 1)
-            self.run = None
-            if offline:
-                print(
-                    f"W&B run saved offline; upload it with: wandb sync {run_path}", file=sys.stderr
+            self._summarise(record)
+        except Exception as e:
+            self._failed(record, "failed to log the summary", e)
+            return
+        offline = self.mode == "offline"
+        run, self.run = self.run, None
+        try:
+            run_path = Path(run.dir).parent
+            run.finish(exit_code=0 if record.status == "complete" else 1)
+        except Exception as e:
+            self._failed(record, "failed to finish", e)
+            return
+        if offline:
+            print(f"W&B run saved offline; upload it with: wandb sync {run_path}", file=sys.stderr)
+
+    def _summarise(self, record: RunRecord) -> None:
+        import wandb
+
+        if record.acc_matrix:
+            self._log_matrix(wandb, record.acc_matrix, "acc_matrix", record.n_done)
+            if record.acc_matrix_task_aware:
+                self._log_matrix(
+                    wandb, record.acc_matrix_task_aware, "acc_matrix_task_aware", record.n_done
                 )
+        summary: dict[str, Any] = {
+            f"cl/{k}": v for k, v in record.metrics().items() if v is not None
+        }
+        # Never rank task-aware runs beside task-agnostic ones: the summary names the protocol.
+        summary["evaluation"] = record.protocol
+        summary.update({f"undefined/{k}": why for k, why in record.undefined_metrics().items()})
+        aware = record.metrics_task_aware()
+        if aware is not None and record.protocol != "task_aware":
+            summary.update({f"cl_task_aware/{k}": v for k, v in aware.items() if v is not None})
+        summary.update({f"budget/{k}": v for k, v in record.budget.to_dict().items()})
+        summary["status"] = record.status
+        summary["n_experiences_done"] = record.n_done
+        self.run.summary.update(summary)
 
     def _log_matrix(self, wandb: Any, matrix: list[list[float]], key: str, n_done: int) -> None:
         import matplotlib.pyplot as plt
