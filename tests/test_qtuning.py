@@ -143,6 +143,13 @@ FROZEN_HEADS = [
     "train.eval_batch_size=256",
     "checkpoint.enabled=false",
 ]
+# The three-method comparison, made cheap: shorter texts, fewer epochs and test texts.
+COMPARISON = [
+    *(o for o in FROZEN_HEADS if not o.startswith(("stream.max_len", "train.epochs", "stream.max_test"))),
+    "stream.max_len=16",
+    "stream.max_test_per_class=40",
+    "train.epochs=10",
+]
 
 
 def _task_acc(strat, stream, j):
