@@ -1,11 +1,12 @@
 """Seed table of the frozen-heads prompt comparison (Q-tuning, Progressive Prompts, prompt tuning).
 
-Runs the setting of ``tests/test_qtuning.py`` (``FROZEN_HEADS``: four offline text tasks, frozen
-MiniLM and head, prompt read-out) for each strategy and seed, and appends one JSON line per run
-to ``--out``: average accuracy, forgetting, the accuracy matrix, and the versions of torch and
-transformers. The test asserts margins that this table proves; rerun it (once, in the background:
-it takes minutes per run on a CPU) after changing the method or the setting, on every torch version
-the README supports, and copy the summary into the test's docstring.
+Runs the comparison of ``tests/test_qtuning.py`` (``COMPARISON``: four offline text tasks,
+frozen MiniLM and head, prompt read-out, shortened) for each strategy and seed, and appends one
+JSON line per run to ``--out``: average accuracy, forgetting, the accuracy matrix, what each
+queue eviction saw (row norms and singular values), and the versions of torch and transformers.
+The test asserts margins that this table proves; rerun it (once, in the background: minutes per
+run on a CPU) after changing the method or the setting, under each torch version the README
+supports, and copy the summary into the test's docstring.
 
 Usage: ``python benchmarks/qtuning_seeds.py --seeds 0 1 2 3 4 --out qtuning_seeds.jsonl``
 (``--summary FILE`` prints the per-seed table and means of an existing file).
@@ -24,12 +25,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-RUNS = {
-    "prompt_tuning": [],
-    "progprompt": [],
-    "qtuning": ["strategy.capacity=3"],  # 4 tasks through a 3-prompt queue: one eviction
-}
-
 
 def run(strategy: str, seed: int, extra: list[str]) -> dict[str, object]:
     """One run of the frozen-heads setting; its metrics and accuracy matrix."""
@@ -39,7 +34,7 @@ def run(strategy: str, seed: int, extra: list[str]) -> dict[str, object]:
     from cl.config import compose_config
     from cl.models.prompt_queue import PromptQueue
     from cl.run import run_experiment
-    from tests.test_qtuning import COMPARISON
+    from tests.test_qtuning import COMPARISON, COMPARISON_RUNS
 
     evictions: list[dict[str, list[float]]] = []
     evict = PromptQueue.evict
@@ -52,7 +47,7 @@ def run(strategy: str, seed: int, extra: list[str]) -> dict[str, object]:
 
     PromptQueue.evict = logged_evict  # type: ignore[method-assign]
     overrides = ["logger=none", *COMPARISON, f"strategy={strategy}", f"seed={seed}"]
-    cfg = compose_config([*overrides, *RUNS.get(strategy, []), *extra])
+    cfg = compose_config([*overrides, *COMPARISON_RUNS.get(strategy, []), *extra])
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as d:
@@ -97,7 +92,7 @@ def summary(path: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--strategies", nargs="+", default=list(RUNS))
+    p.add_argument("--strategies", nargs="+", default=["prompt_tuning", "progprompt", "qtuning"])
     p.add_argument("--out", type=Path, default=Path("qtuning_seeds.jsonl"))
     p.add_argument("--summary", type=Path, help="print the table of an existing file and exit")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
