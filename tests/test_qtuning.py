@@ -218,7 +218,7 @@ def test_frozen_heads_qtuning_near_progprompt_and_both_forget_far_less(make_cfg,
     Progressive Prompts, so the old assertion (qtuning >= progprompt - 0.02, means of two
     seeds) held on one machine and failed on another: a machine whose kernels round
     differently draws other seeds, in effect. On this machine torch 2.14.1 and 2.15.0 (and
-    transformers 5.23 and 5.24) give bit-identical matrices (checked on qtuning seed 0), so
+    transformers 5.23 and 5.24) give bit-identical matrices (qtuning seed 0, progprompt seed 1), so
     the table mixes them: seed 0 and prompt_tuning under 2.14.1, the rest under 2.15.0.
     Q-tuning's forgetting comes from the eviction only: the trained prompts reach norms of
     1.5e4-5e4 (the MLP under Adam 0.1) and are nearly orthogonal, so the PCA drops most of
