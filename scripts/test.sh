@@ -23,7 +23,8 @@ have_module() { python -c "import importlib.util as u, sys; sys.exit(u.find_spec
 
 # Debian packages, where apt is available and we may use it.
 pkgs=()
-have_fmnist || pkgs+=(dataset-fashion-mnist)
+fmnist=yes
+have_fmnist || { fmnist=no; pkgs+=(dataset-fashion-mnist); }
 have_chromium || pkgs+=(chromium)
 if [ ${#pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   sudo=()
@@ -39,11 +40,12 @@ if [ ${#pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
     "${apt[@]}" install -y -qq "${pkgs[@]}" >/dev/null 2>&1 \
       || { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq "${pkgs[@]}"; } \
       || echo "test.sh: apt-get could not install ${pkgs[*]}" >&2
+    [ "$fmnist" = yes ] || ! have_fmnist || fmnist=yes
   fi
 fi
 
 # No Debian package: download Fashion-MNIST into the platform's data cache (online only).
-if ! have_fmnist; then
+if [ "$fmnist" = no ]; then
   echo "test.sh: downloading Fashion-MNIST into the platform's data cache"
   python -c "from cl.streams.vision import download_fmnist; print(download_fmnist())" \
     || echo "test.sh: could not download Fashion-MNIST (offline?)" >&2
