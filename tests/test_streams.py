@@ -84,6 +84,31 @@ def test_missing_fmnist_says_how_to_get_it(tmp_path):
         split_fmnist(cfg)
 
 
+@needs_fmnist
+def test_fmnist_without_the_debian_package_reads_the_data_cache(tmp_path, monkeypatch):
+    """Where apt is not available the test script downloads into the data cache; the streams
+    then find it there (and say how to get it when neither copy exists)."""
+    import shutil
+
+    from cl.streams import vision
+
+    system = vision.fmnist_folder()
+    assert system is not None
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in system.iterdir():
+        shutil.copy(f, raw / f.name)
+    monkeypatch.setattr(vision, "FMNIST_SYSTEM_DIR", tmp_path / "absent")
+    monkeypatch.setenv("CL_CACHE_DIR", str(tmp_path))
+    assert vision.fmnist_folder() == raw
+    s = split_fmnist(SplitStreamConfig(name="split_fmnist"))
+    assert [len(e.test) for e in s] == [2000] * 5
+    monkeypatch.setenv("CL_CACHE_DIR", str(tmp_path / "empty"))
+    assert vision.fmnist_folder() is None
+    with pytest.raises(DataNotFoundError, match="download_fmnist"):
+        split_fmnist(SplitStreamConfig(name="split_fmnist"))
+
+
 def test_mnist_offline_says_what_to_do(tmp_path):
     from cl.streams.vision import split_mnist
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from cl.config import register_configs
 from cl.reports.progress import read_progress
 from cl.run import CONF_DIR
+from tests.conftest import require
 
 ROOT = CONF_DIR.parent
 SWEEPS = ROOT / "sweeps"
@@ -57,7 +58,7 @@ def test_every_sweep_file_names_its_command():
 
 
 def test_compare_sweep_runs_jobs_in_parallel_with_joblib(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    require("hydra_plugins.hydra_joblib_launcher")
     p = sweep(
         "compare_split_fmnist",
         *SMALL,
@@ -125,7 +126,7 @@ def test_failed_jobs_do_not_stop_the_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_same_sweep_file_runs_through_submitit_local(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    require("hydra_plugins.hydra_submitit_launcher")
     p = sweep(
         "compare_split_fmnist",
         *SMALL,
@@ -152,7 +153,10 @@ def test_same_sweep_file_runs_through_submitit_local(tmp_path):
     ],
 )
 def test_cluster_launchers_compose(launcher, target, plugin):
-    pytest.importorskip(plugin)
+    if launcher == "ray":
+        pytest.importorskip(plugin)  # the one optional plugin: `pip install -e .[ray]`
+    else:
+        require(plugin)
     cfg = compose_sweep("compare_split_fmnist", f"hydra/launcher={launcher}")
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.stream.name == "split_fmnist"
@@ -163,7 +167,7 @@ def test_cluster_launchers_compose(launcher, target, plugin):
 
 
 def test_optuna_sweep_tunes_only_inside_its_window(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    require("hydra_plugins.hydra_optuna_sweeper")
     p = sweep("hpo_ewc_split_fmnist", *SMALL, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())

