@@ -122,3 +122,15 @@ def make_cfg() -> Callable[..., DictConfig]:
         return compose_cfg([*base, *overrides])
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _keep_wandb_service_private():
+    """In-process W&B runs export WANDB_SERVICE: keep later tests' subprocesses off that
+    service (a resumed run would find its run id "in use")."""
+    before = os.environ.get("WANDB_SERVICE")
+    yield
+    if before is None:
+        os.environ.pop("WANDB_SERVICE", None)
+    else:
+        os.environ["WANDB_SERVICE"] = before

@@ -31,17 +31,6 @@ from tests.conftest import compose_cfg
 FAST = ("debug=fast", "device=cpu")
 
 
-@pytest.fixture(autouse=True)
-def _keep_wandb_service_private():
-    """In-process W&B runs export WANDB_SERVICE: keep later subprocesses off that service."""
-    before = os.environ.get("WANDB_SERVICE")
-    yield
-    if before is None:
-        os.environ.pop("WANDB_SERVICE", None)
-    else:
-        os.environ["WANDB_SERVICE"] = before
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **extra}
     env.pop("WANDB_SERVICE", None)  # each cl-run starts its own W&B service, as from a shell
