@@ -104,24 +104,16 @@ class EWC(Strategy[EWCConfig]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         c = self.config
-        if c.mode not in ("separate", "online"):
-            raise ConfigError(f"strategy.mode must be separate or online, got {c.mode!r}")
-        if c.estimator not in ESTIMATORS:
-            raise ConfigError(
-                f"strategy.estimator must be one of {ESTIMATORS}, got {c.estimator!r}"
-            )
-        if c.fisher_method not in ("auto", "vmap"):
-            raise ConfigError(
-                f"strategy.fisher_method must be auto or vmap, got {c.fisher_method!r}"
-            )
-        if c.penalty_step not in ("explicit", "implicit"):
-            raise ConfigError(
-                f"strategy.penalty_step must be explicit or implicit, got {c.penalty_step!r}"
-            )
-        if c.penalty_step == "implicit" and self.context.train.optimizer != "sgd":
+        c.validate()  # also when built directly, not through build()
+        tc = self.context.train
+        if c.penalty_step == "implicit" and tc.optimizer != "sgd":
             raise ConfigError("strategy.penalty_step=implicit needs train.optimizer=sgd")
-        if c.ewc_lambda < 0 or not 0 <= c.gamma <= 1:
-            raise ConfigError("strategy.ewc_lambda must be >= 0 and strategy.gamma in [0, 1]")
+        if c.penalty_step == "implicit" and (tc.lr_schedule != "constant" or tc.warmup_steps):
+            # The proximal factor 1 / (1 + lr * lambda * F) is fixed when the hooks are built.
+            raise ConfigError(
+                "strategy.penalty_step=implicit needs train.lr_schedule=constant and "
+                "train.warmup_steps=0"
+            )
         self.importance: dict[str, Tensor] = {}  # A: summed (or decayed) Fisher
         self.anchor: dict[str, Tensor] = {}  # m: Fisher-weighted mean of the anchors
         self._terms: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None

@@ -255,3 +255,13 @@ def test_implicit_step_needs_sgd(make_cfg):
                 *DIGITS, "strategy=ewc", "strategy.penalty_step=implicit", "train.optimizer=adam"
             )
         )
+
+
+@pytest.mark.parametrize("schedule", ["train.lr_schedule=cosine", "train.warmup_steps=3"])
+def test_implicit_step_needs_a_constant_lr(make_cfg, schedule):
+    from cl.config import build
+    from cl.errors import ConfigError
+
+    # The proximal factor is built from train.lr once; a schedule would make it wrong.
+    with pytest.raises(ConfigError, match=r"implicit needs train\.lr_schedule=constant"):
+        build(make_cfg(*DIGITS, "strategy=ewc", "strategy.penalty_step=implicit", schedule))
