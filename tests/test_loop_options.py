@@ -29,11 +29,13 @@ from tests.conftest import DIGITS_1EPOCH
 LR = 0.05
 
 
-class RecordingNaive(Naive):
-    """Naive fine-tuning that records the learning rate of every step (from ``after_step``)."""
+class RecordsLr:
+    """Records the learning rate of every step (from ``after_step``)."""
+
+    optimizer: torch.optim.Optimizer | None
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[call-arg]
         self.lrs: list[float] = []
 
     def after_step(self, batch: Batch) -> None:
@@ -41,14 +43,12 @@ class RecordingNaive(Naive):
         self.lrs.append(self.optimizer.param_groups[0]["lr"])
 
 
-class RecordingJoint(Joint):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.lrs: list[float] = []
+class RecordingNaive(RecordsLr, Naive):
+    """Naive fine-tuning that records its learning rates."""
 
-    def after_step(self, batch: Batch) -> None:
-        assert self.optimizer is not None
-        self.lrs.append(self.optimizer.param_groups[0]["lr"])
+
+class RecordingJoint(RecordsLr, Joint):
+    """Joint training that records its learning rates."""
 
 
 class SwapsOffset(Naive):

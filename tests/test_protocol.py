@@ -22,6 +22,7 @@ from cl.report import main as cl_report
 from cl.run import run_experiment
 from cl.strategy import get_strategy, list_strategies
 from cl.streams.base import StreamInfo
+from cl.testing import DEFAULT_SETUP, TINY_VIT_SETUP
 
 VISION = [
     "stream=split_digits",
@@ -43,15 +44,7 @@ TEXT = [
     "checkpoint.enabled=false",
     "device=cpu",
 ]
-TINY_VIT = [
-    *VISION,
-    "model=vit",
-    "model.img_size=8",
-    "model.patch_size=4",
-    "model.depth=1",
-    "model.embed_dim=32",
-    "model.num_heads=2",
-]
+TINY_VIT = [*VISION, *TINY_VIT_SETUP[len(DEFAULT_SETUP) :]]
 # Strategies that need a transformer backbone; the others run on the mlp.
 SETUP = {"l2p": TINY_VIT, "prompt_tuning": TINY_VIT, "progprompt": TINY_VIT, "qtuning": TINY_VIT}
 # Every registered strategy with its default config, plus the config switches that make a
