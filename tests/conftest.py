@@ -12,6 +12,10 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers (scripts/test.sh runs two on two cores): one thread each, and the same
+    # for the processes tests start, so workers do not oversubscribe the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from omegaconf import DictConfig
 
