@@ -7,9 +7,6 @@ script, Hydra included); a few cases run ``python -m cl.run`` end to end.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from cl.config import build_model
 from cl.errors import ConfigError
 from cl.report import main as cl_report
 from cl.run import cli
+from tests.test_cli import cl_run
 
 # (command line, text the one-line message must contain: the key and what is allowed)
 CASES: list[tuple[str, str]] = [
@@ -168,15 +166,7 @@ def test_allocation_failure_is_a_config_error():
     ],
 )
 def test_end_to_end_through_the_console_entry(args, expected, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(
-        [sys.executable, "-m", "cl.run", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    p = cl_run(*args, cwd=tmp_path)
     assert p.returncode == 2
     _one_error_line(p.stderr, expected)
     assert list(tmp_path.iterdir()) == []  # no outputs/, no runs/missing, no log file
