@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ LOGIT_MASKS = ("none", "seen", "current")
 MASKED_LOGIT = -1e9
 
 
+@dataclass(frozen=True)
 class LrFactor:
     """Multiplier of the base learning rate after ``t`` optimiser steps of one experience.
 
@@ -32,55 +34,36 @@ class LrFactor:
     the start of the experience; an epoch is ``steps_per_epoch`` steps).
     """
 
-    def __init__(
-        self,
-        *,
-        schedule: str,
-        steps_per_epoch: int,
-        epochs: int,
-        warmup_steps: int,
-        step_size: int,
-        gamma: float,
-    ) -> None:
-        self.schedule = schedule
-        self.steps_per_epoch = max(steps_per_epoch, 1)
-        self.total = self.steps_per_epoch * epochs
-        self.warmup = warmup_steps
-        self.step_size = step_size
-        self.gamma = gamma
+    schedule: str
+    steps_per_epoch: int
+    epochs: int
+    warmup_steps: int
+    step_size: int
+    gamma: float
+
+    @property
+    def constant(self) -> bool:
+        return self.schedule == "constant" and self.warmup_steps == 0
 
     def __call__(self, t: int) -> float:
-        warm = (t + 1) / (self.warmup + 1) if t < self.warmup else 1.0
+        w = self.warmup_steps
+        per_epoch = max(self.steps_per_epoch, 1)
+        warm = (t + 1) / (w + 1) if t < w else 1.0
         if self.schedule == "cosine":
-            span = max(self.total - self.warmup, 1)
-            p = min(max(t - self.warmup, 0) / span, 1.0)
+            span = max(per_epoch * self.epochs - w, 1)
+            p = min(max(t - w, 0) / span, 1.0)
             return warm * 0.5 * (1.0 + math.cos(math.pi * p))
         if self.schedule == "step":
-            return warm * self.gamma ** (t // self.steps_per_epoch // self.step_size)
+            return warm * self.gamma ** (t // per_epoch // self.step_size)
         return warm
 
 
 def lr_scheduler(
-    optimizer: torch.optim.Optimizer,
-    *,
-    schedule: str,
-    steps_per_epoch: int,
-    epochs: int,
-    warmup_steps: int,
-    step_size: int,
-    gamma: float,
+    optimizer: torch.optim.Optimizer, factor: LrFactor
 ) -> torch.optim.lr_scheduler.LambdaLR | None:
     """A per-experience schedule (restarts from each group's initial lr), or None if constant."""
-    if schedule == "constant" and warmup_steps == 0:
+    if factor.constant:
         return None
-    factor = LrFactor(
-        schedule=schedule,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        warmup_steps=warmup_steps,
-        step_size=step_size,
-        gamma=gamma,
-    )
     for g in optimizer.param_groups:  # restart: the lr each group was built with
         g.setdefault("initial_lr", g["lr"])
         g["lr"] = g["initial_lr"]

@@ -22,6 +22,7 @@ from cl.errors import ConfigError, NonFiniteLossError
 from cl.optim import (
     LOGIT_MASKS,
     LR_SCHEDULES,
+    LrFactor,
     class_mask,
     lr_scheduler,
     mask_logits,
@@ -439,8 +440,7 @@ class Strategy(ABC, Generic[C]):
             raise ConfigError(f"strategy {self.name!r} has no trainable parameters")
         else:
             update_param_groups(self.optimizer, params)
-        sched = lr_scheduler(
-            self.optimizer,
+        factor = LrFactor(
             schedule=tc.lr_schedule,
             steps_per_epoch=self.steps_per_epoch(exp),
             epochs=tc.epochs,
@@ -448,6 +448,7 @@ class Strategy(ABC, Generic[C]):
             step_size=tc.lr_step_size,
             gamma=tc.lr_gamma,
         )
+        sched = lr_scheduler(self.optimizer, factor)
         mask = self._training_mask(exp)
         self.model.train()
         steps = samples = 0

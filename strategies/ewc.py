@@ -13,14 +13,21 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch import Tensor
 from torch.nn import functional as F
 
 from cl.errors import ConfigError
+from cl.fisher import (
+    Quadratic,
+    add_penalty_grad,
+    add_penalty_grad_implicit,
+    linear_batched_fisher,
+    linear_fisher,
+    vmap_fisher,
+)
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
 from cl.validation import fraction, non_negative, one_of, positive
@@ -133,7 +140,7 @@ class EWC(Strategy[EWCConfig]):
                 [self.anchor[n] for n in keys],
             )
         params, imp, anchor = self._terms
-        return _Quadratic.apply(0.5 * self.config.ewc_lambda, imp, anchor, *params)
+        return Quadratic.apply(0.5 * self.config.ewc_lambda, imp, anchor, *params)
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
         # The penalty's gradient ewc_lambda * A (theta - m) is added to each parameter's
@@ -154,9 +161,9 @@ class EWC(Strategy[EWCConfig]):
             shift = scale * self.anchor[n].to(p.dtype)
             if self.config.penalty_step == "implicit":
                 inv = 1.0 / (1.0 + self.context.train.lr * scale)
-                hook = partial(_add_penalty_grad_implicit, scale, shift, inv)
+                hook = partial(add_penalty_grad_implicit, scale, shift, inv)
             else:
-                hook = partial(_add_penalty_grad, scale, shift)
+                hook = partial(add_penalty_grad, scale, shift)
             self._hooks.append(p.register_post_accumulate_grad_hook(hook))
         if self.config.penalty_step == "explicit":
             self._warn_if_unstable()
@@ -237,7 +244,7 @@ class EWC(Strategy[EWCConfig]):
         n_batches = 0
         for b in self._chunks(data, per_pass):
             n_batches += -(-len(b.y) // bs)
-            if self.config.fisher_method == "auto" and _linear_batched_fisher(
+            if self.config.fisher_method == "auto" and linear_batched_fisher(
                 self.model, names, b, bs, out
             ):
                 continue
@@ -267,9 +274,9 @@ class EWC(Strategy[EWCConfig]):
                 labels = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(b.y.device)
             done = False
             if self.config.fisher_method == "auto":
-                done = _linear_fisher(self.model, names, b, labels, out)
+                done = linear_fisher(self.model, names, b, labels, out)
             if not done:
-                _vmap_fisher(self.model, names, b, labels, out)
+                vmap_fisher(self.model, names, b, labels, out)
         return {n: f / len(data) for n, f in out.items()}
 
     # ------------------------------------------------------------------- state
@@ -281,175 +288,3 @@ class EWC(Strategy[EWCConfig]):
         self.importance = {k: v.to(self.device) for k, v in state["importance"].items()}
         self.anchor = {k: v.to(self.device) for k, v in state["anchor"].items()}
         self._terms = None
-
-
-def _add_penalty_grad(scale: Tensor, shift: Tensor, p: Tensor) -> None:
-    """``grad += scale * theta - shift`` = ``ewc_lambda * A (theta - m)``."""
-    if p.grad is not None:
-        p.grad.addcmul_(scale, p.detach()).sub_(shift)
-
-
-def _add_penalty_grad_implicit(scale: Tensor, shift: Tensor, inv: Tensor, p: Tensor) -> None:
-    """``grad <- (grad + ewc_lambda * A (theta - m)) / (1 + lr * ewc_lambda * A)``."""
-    if p.grad is not None:
-        p.grad.addcmul_(scale, p.detach()).sub_(shift).mul_(inv)
-
-
-class _Quadratic(torch.autograd.Function):
-    """``c * sum_i A_i (p_i - m_i)^2`` and its gradient ``2 c A (p - m)`` in a few fused
-    multi-tensor ops: the per-step cost of the penalty stays a small fraction of a step."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, c: float, imp: list[Tensor], anchor: list[Tensor], *params: Tensor
-    ) -> Tensor:
-        diff = torch._foreach_sub([p.detach().float() for p in params], anchor)
-        weighted = torch._foreach_mul(diff, imp)
-        ctx.save_for_backward(*weighted)
-        ctx.c = c
-        dots = [torch.dot(w.flatten(), d.flatten()) for w, d in zip(weighted, diff, strict=True)]
-        return c * torch.stack(dots).sum()
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        grads = torch._foreach_mul(list(ctx.saved_tensors), grad_out * (2.0 * ctx.c))
-        return (None, None, None, *grads)
-
-
-def _log_probs(logits: Tensor) -> Tensor:
-    return logits.float().log_softmax(-1)
-
-
-class _LinearIO(NamedTuple):
-    owner: dict[str, tuple[nn.Linear, str]]  # parameter name -> (layer, "weight" | "bias")
-    layers: list[nn.Linear]
-    inputs: dict[nn.Linear, Tensor]
-    outputs: list[Tensor]  # in the order of ``layers``, in the graph of ``logp``
-    logp: Tensor
-
-
-def _linear_io(model: nn.Module, names: list[str], b: Batch) -> _LinearIO | None:
-    """One forward recording each Linear layer's input and output (None: closed form N/A)."""
-    owner: dict[str, tuple[nn.Linear, str]] = {}
-    for mname, mod in model.named_modules():
-        for pname, _ in mod.named_parameters(recurse=False):
-            full = f"{mname}.{pname}" if mname else pname
-            if full in names:
-                if not isinstance(mod, nn.Linear):
-                    return None
-                owner[full] = (mod, pname)
-    seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {}
-
-    def hook(mod: nn.Module, inp: tuple[Tensor, ...], output: Tensor) -> None:
-        seen.setdefault(mod, []).append((inp[0].detach(), output))  # type: ignore[arg-type]
-
-    mods = {m for m, _ in owner.values()}
-    handles = [m.register_forward_hook(hook) for m in mods]
-    try:
-        with torch.enable_grad():
-            logp = _log_probs(model(b.x, b.task_ids))
-    finally:
-        for h in handles:
-            h.remove()
-    if any(len(v) != 1 or v[0][0].dim() != 2 for v in seen.values()) or set(seen) != mods:
-        return None  # a layer used twice, on sequences, or not at all: use torch.func
-    layers = list(seen)
-    inputs = {m: seen[m][0][0].float() for m in layers}
-    return _LinearIO(owner, layers, inputs, [seen[m][0][1] for m in layers], logp)
-
-
-def _linear_fisher(
-    model: nn.Module, names: list[str], b: Batch, labels: Tensor | None, out: dict[str, Tensor]
-) -> bool:
-    """Per-sample squared gradients of ``nn.Linear`` layers in closed form; False if N/A.
-
-    For a linear layer on 2-D inputs, sample n's weight gradient is ``delta_n a_n^T``, so the
-    sum of its squares over samples is ``(delta^2)^T (a^2)``: one matmul per layer. The
-    per-sample output gradients ``delta`` come from one backward of the summed loss (samples
-    are independent in eval mode), or one vmapped backward per class for the exact Fisher.
-    """
-    io = _linear_io(model, names, b)
-    if io is None:
-        return False
-    owner, layers, inputs, outputs, logp = io
-    if labels is not None:
-        deltas = torch.autograd.grad(-logp.gather(1, labels[:, None]).sum(), outputs)
-        sq = [d.float().pow(2) for d in deltas]
-    else:
-        n_cls = logp.shape[1]
-        probs = logp.detach().exp()
-        eye = torch.eye(n_cls, device=logp.device).unsqueeze(1).expand(n_cls, *logp.shape)
-        deltas = torch.autograd.grad(logp, outputs, grad_outputs=eye, is_grads_batched=True)
-        # sum_c p_c delta_c^2 for each sample (probs are (N, C), deltas (C, N, out)).
-        sq = [torch.einsum("nc,cno->no", probs, d.float().pow(2)) for d in deltas]
-    by_mod = dict(zip(layers, sq, strict=True))
-    for full, (mod, pname) in owner.items():
-        s = by_mod[mod]
-        out[full] += s.T @ inputs[mod].pow(2) if pname == "weight" else s.sum(0)
-    return True
-
-
-def _linear_batched_fisher(
-    model: nn.Module, names: list[str], b: Batch, bs: int, out: dict[str, Tensor]
-) -> bool:
-    """Squared minibatch-mean gradients of ``nn.Linear`` layers for the consecutive minibatches
-    of ``bs`` samples in ``b`` (the last may be shorter), from one forward and one backward;
-    False if the closed form is N/A.
-
-    Minibatch k's weight gradient is ``sum_{n in k} delta_n a_n^T`` with ``delta_n`` the
-    gradient of ``loss_n / |k|`` at the layer's output: a batched matmul over minibatches.
-    """
-    io = _linear_io(model, names, b)
-    if io is None:
-        return False
-    owner, layers, inputs, outputs, logp = io
-    n = len(b.y)
-    full = n - n % bs
-    # (first sample, minibatches, minibatch size): the full minibatches, then the remainder.
-    runs = [(0, full // bs, bs)] if full else []
-    runs += [(full, 1, n - full)] if n > full else []
-    weight = torch.cat([logp.new_full((k * size,), 1.0 / size) for _, k, size in runs])
-    nll = -(logp.gather(1, b.y[:, None]).squeeze(1) * weight).sum()
-    deltas = dict(zip(layers, torch.autograd.grad(nll, outputs), strict=True))
-    for name, (mod, pname) in owner.items():
-        d, a = deltas[mod].float(), inputs[mod]
-        for start, k, size in runs:
-            dk = d[start : start + k * size].reshape(k, size, -1)
-            if pname == "weight":
-                ak = a[start : start + k * size].reshape(k, size, -1)
-                out[name] += torch.bmm(dk.transpose(1, 2), ak).pow(2).sum(0)
-            else:
-                out[name] += dk.sum(1).pow(2).sum(0)
-    return True
-
-
-def _vmap_fisher(
-    model: nn.Module, names: list[str], b: Batch, labels: Tensor | None, out: dict[str, Tensor]
-) -> None:
-    """Per-sample squared gradients with ``torch.func`` (functional_call + vmap(grad))."""
-    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
-    rest = {n: p.detach() for n, p in model.named_parameters() if n not in params}
-    rest.update(dict(model.named_buffers()))
-    # Task ids enter as a plain tensor per chunk: heads pick rows by value, which vmap cannot
-    # trace, so chunks are split by task id.
-    groups = [None] if b.task_ids is None else torch.unique(b.task_ids).tolist()
-    for t in groups:
-        rows = slice(None) if t is None else (b.task_ids == t).nonzero(as_tuple=True)[0]
-        tids = None if t is None else torch.full((1,), t, device=b.x.device)
-
-        def logp_one(p: dict[str, Tensor], x: Tensor, tids: Tensor | None = tids) -> Tensor:
-            return _log_probs(functional_call(model, (p, rest), (x.unsqueeze(0), tids)))[0]
-
-        x = b.x[rows]
-        if labels is not None:
-            nll = lambda p, x, y: -logp_one(p, x).gather(0, y.view(1)).sum()  # noqa: E731
-            g = vmap(grad(nll), in_dims=(None, 0, 0))(params, x, labels[rows])
-            for n in names:
-                out[n] += g[n].float().pow(2).sum(0)
-        else:
-            with torch.no_grad():
-                probs = vmap(logp_one, in_dims=(None, 0))(params, x).exp()
-            jac = vmap(jacrev(logp_one), in_dims=(None, 0))(params, x)  # (N, C, *shape)
-            for n in names:
-                j2 = jac[n].float().pow(2).flatten(2)
-                out[n] += torch.einsum("nc,ncp->p", probs, j2).view_as(out[n])
