@@ -21,10 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from cl.models.vit import ViTConfig, build_vit
+from cl.strategies.l2p import L2PConfig
+from cl.strategies.naive import NaiveConfig
 from cl.strategy import RunContext, TrainConfig, get_strategy
 from cl.streams.base import Experience, StreamInfo, TensorData
-from strategies.l2p import L2PConfig
-from strategies.naive import NaiveConfig
 
 PRESETS = {
     "tiny": dict(arch="vit_tiny_patch16_224", img_size=32, patch_size=4, depth=4),

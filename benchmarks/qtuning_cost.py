@@ -31,10 +31,10 @@ import torch
 
 from cl.models import CLModel, ModelConfig, make_head
 from cl.models.hf import HFEncoder, default_text_model_path, load_hf_encoder
+from cl.strategies.progprompt import ProgPrompt, ProgPromptConfig
+from cl.strategies.qtuning import QTuning, QTuningConfig
 from cl.strategy import RunContext, TrainConfig
 from cl.streams.base import Experience, StreamInfo, TensorData
-from strategies.progprompt import ProgPrompt, ProgPromptConfig
-from strategies.qtuning import QTuning, QTuningConfig
 
 # CPU time of this process, not wall time: on a machine shared with other jobs, wall time
 # measures their load as much as ours (run with OMP_NUM_THREADS=1 for single-thread numbers).

@@ -123,7 +123,9 @@ def _run_dir(resume: str | None, default: str) -> str:
 
 
 # The Hydra config groups live at the repository root (editable install).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Installed: cl/conf (package data); source checkout: the repository's conf/.
+_PKG_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PKG_CONF if _PKG_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

@@ -550,15 +550,15 @@ def register_strategy(name: str) -> Callable[[S], S]:
 
 
 def load_builtin_strategies() -> None:
-    """Import every module of the ``strategies`` package (each registers itself)."""
+    """Import every module of the ``cl.strategies`` package (each registers itself)."""
     import importlib
     import pkgutil
 
-    import strategies
+    import cl.strategies
 
-    for mod in pkgutil.iter_modules(strategies.__path__):
+    for mod in pkgutil.iter_modules(cl.strategies.__path__):
         if not mod.name.startswith("_"):
-            importlib.import_module(f"strategies.{mod.name}")
+            importlib.import_module(f"cl.strategies.{mod.name}")
 
 
 def list_strategies() -> list[str]:

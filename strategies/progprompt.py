@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cl.strategies.prompt_tuning import PromptConfig, PromptStrategy
 from cl.strategy import register_strategy
 from cl.streams.base import Experience
 from cl.testing import TEXT_SETUP
-from strategies.prompt_tuning import PromptConfig, PromptStrategy
 
 
 @dataclass

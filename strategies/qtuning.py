@@ -71,11 +71,11 @@ from torch import Tensor, nn
 
 from cl.errors import ConfigError
 from cl.models.prompt_queue import PromptQueue, info_nce
+from cl.strategies.prompt_tuning import PromptConfig, PromptStrategy
 from cl.strategy import Batch, register_strategy
 from cl.streams.base import Experience
 from cl.testing import TEXT_SETUP
 from cl.validation import non_negative, one_of, positive
-from strategies.prompt_tuning import PromptConfig, PromptStrategy
 
 
 @dataclass

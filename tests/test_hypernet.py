@@ -240,7 +240,7 @@ def test_hnet_ent_beats_naive_without_task_ids(tmp_path: Path) -> None:
 )
 def test_experiment_configs_compose(name: str) -> None:
     from cl.config import to_dataclass
-    from strategies.hypernet import HypernetConfig
+    from cl.strategies.hypernet import HypernetConfig
 
     cfg = compose_cfg(["logger=none", f"experiment={name}"])
     strat = to_dataclass(cfg.strategy, HypernetConfig, "strategy")

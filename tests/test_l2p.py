@@ -12,9 +12,9 @@ from cl.errors import ConfigError, DataNotFoundError
 from cl.evaluate import evaluate_row
 from cl.models import MODELS
 from cl.run import run_experiment
+from cl.strategies.l2p import L2P, L2PConfig
 from cl.streams.base import StreamInfo
 from cl.streams.cifar import load_cifar100_arrays
-from strategies.l2p import L2P, L2PConfig
 from tests.conftest import needs_fmnist
 
 TINY_VIT = [

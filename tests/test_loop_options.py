@@ -20,10 +20,10 @@ import cl.run as run_mod
 from cl.config import build
 from cl.errors import ConfigError
 from cl.run import run_experiment
+from cl.strategies.joint import Joint
+from cl.strategies.naive import Naive
 from cl.strategy import STRATEGIES, Batch, register_strategy
 from cl.streams.base import Experience
-from strategies.joint import Joint
-from strategies.naive import Naive
 from tests.conftest import DIGITS_1EPOCH
 
 LR = 0.05

@@ -13,10 +13,10 @@ from cl.models import CLModel, ModelConfig, make_head
 from cl.models.hf import HFEncoder
 from cl.models.prompt_queue import PromptQueue, info_nce
 from cl.run import run_experiment
+from cl.strategies.progprompt import ProgPrompt, ProgPromptConfig
+from cl.strategies.qtuning import QTuning, QTuningConfig
 from cl.strategy import RunContext, TrainConfig
 from cl.streams.base import Experience, StreamInfo, TensorData
-from strategies.progprompt import ProgPrompt, ProgPromptConfig
-from strategies.qtuning import QTuning, QTuningConfig
 
 
 def tiny_setup(n_tasks: int, strategy: str, **cfg: object):

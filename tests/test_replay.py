@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cl.run import run_experiment
+from cl.strategies.replay import _reservoir
 from cl.streams.base import TensorData
-from strategies.replay import _reservoir
 from tests.conftest import ADAM_1EPOCH, DIGITS_1EPOCH, needs_fmnist
 
 DIGITS = DIGITS_1EPOCH

@@ -102,7 +102,7 @@ def test_nan_loss_keeps_finished_experiences(make_cfg, tmp_path, monkeypatch):
     """A loss that turns NaN in experience 2 stops the run; experiences 0-1 are kept."""
     import torch
 
-    from strategies.naive import Naive
+    from cl.strategies.naive import Naive
 
     def extra_loss(self, batch, logits):
         if self._exp == 2:
