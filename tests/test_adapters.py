@@ -3,10 +3,13 @@ export and resume."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
 
+from cl.adapter_purge import main as purge_main
 from cl.config import build
 from cl.errors import ConfigError
 from cl.models.heads import MultiHead
@@ -277,3 +280,80 @@ def test_router_picks_the_partition_on_offline_text(make_cfg, capsys):
         print(f"\ntext_offline routing: top-1 {acc[1]:.4f} top-2 {acc[2]:.4f} top-3 {acc[3]:.4f}")
     assert acc[1] >= 0.9
     assert isinstance(b.stream[0].test, TensorData)
+
+
+PERMUTED3 = ["stream=permuted_digits", "stream.n_experiences=3"]
+
+
+@pytest.mark.parametrize("head", ["shared", "per_adapter"])
+def test_denied_principal_equals_a_model_never_trained_on_the_partition(make_cfg, head):
+    # exp0 is the partition that would train a shared head: restricted, it gets its own head,
+    # and the shared head is trained by exp1 (the first public partition), as without exp0.
+    extra = [*PERMUTED3, f"strategy.head={head}", "strategy.top_k=2"]
+    a = train(built_for(make_cfg, *extra, "+strategy.access.exp0=[alice]"))
+    b_built = built_for(make_cfg, *extra)
+    never = train(b_built, skip={0})
+    stream = b_built.stream
+    reference = outputs(never, stream)
+    assert not all_equal(outputs(a, stream), reference)  # exp0 matters to the owner
+    assert all_equal(outputs(a, stream, principal="bob"), reference)
+    assert all_equal(
+        outputs(a, stream, principal="bob", task_ids=True), outputs(never, stream, task_ids=True)
+    )
+    assert all_equal(outputs(a, stream, principal="alice"), outputs(a, stream))
+    if head == "shared":
+        assert list(a.heads) == ["exp0"] and a.head_owner == never.head_owner == "exp1"
+        with pytest.raises(ValueError, match="shared head"):
+            a.set_access("exp1", ["alice"])  # every output depends on the head's partition
+        a.set_access("exp2", ["alice"])  # trained on the public head: may be restricted
+        assert "exp2" not in a.usable("bob")
+
+
+def test_shared_head_is_refused_on_a_class_incremental_stream(make_cfg):
+    with pytest.raises(ConfigError, match="head=per_adapter"):
+        built_for(make_cfg, "strategy.head=shared")
+
+
+def load(path):
+    return torch.load(path, weights_only=False)
+
+
+def checkpoint_keys(path):
+    payload = load(path)
+    st = payload["strategy"]
+    keys = [*st["meta"], *st["adapters"], *st["heads"], *st["router"], *st["access"]]
+    if payload["optimizer"] is not None:
+        keys += list(payload["optimizer"]["state"])
+    return keys
+
+
+def test_cl_adapters_delete_purges_checkpoints_and_exports(make_cfg, tmp_path, capsys):
+    over = [*FAST, *PERMUTED3, "checkpoint.keep_all=true", "train.reset_optimizer=false"]
+    run = tmp_path / "run"
+    run_experiment(make_cfg("strategy=adapters", *over), run)
+    files = sorted((run / "checkpoints").glob("*.pt"))
+    assert [f.name for f in files] == ["exp0.pt", "exp1.pt", "exp2.pt", "last.pt"]
+    assert any(".exp1." in k for k in checkpoint_keys(run / "checkpoints" / "last.pt"))
+    saved = load(run / "checkpoints" / "last.pt")
+    live = built_for(make_cfg, *PERMUTED3)
+    live.strategy.load_state_dict(saved["strategy"])
+    live.strategy.export(run / "exports")
+    live.strategy.merged_model("exp1", run / "merged1")
+    elsewhere = tmp_path / "shipped"
+    live.strategy.export(elsewhere)
+    live.strategy.delete("exp1")
+    assert purge_main(["delete", str(run), "exp1", "--exports", str(elsewhere)]) == 0
+    for f in files:
+        assert not any("exp1" in k for k in checkpoint_keys(f)), f.name
+    assert not (run / "exports" / "exp1").exists() and not (run / "merged1").exists()
+    assert not (elsewhere / "exp1").exists() and (elsewhere / "exp2" / "head.pt").exists()
+    (audit,) = json.loads((run / "deletions.json").read_text())
+    assert audit["partition"] == "exp1" and len(audit["exports"]) == 3
+    # The purged checkpoint restores exactly the strategy with exp1 deleted.
+    purged = built_for(make_cfg, *PERMUTED3)
+    purged.strategy.load_state_dict(load(run / "checkpoints" / "last.pt")["strategy"])
+    assert all_equal(outputs(purged.strategy, live.stream), outputs(live.strategy, live.stream))
+    capsys.readouterr()
+    assert purge_main(["delete", str(run), "exp1"]) == 3
+    assert capsys.readouterr().err.startswith("error: run ")
+    assert purge_main(["delete", str(tmp_path / "nowhere"), "exp0"]) == 3

@@ -168,3 +168,36 @@ def test_mora_trains_only_the_active_adapter_beside_a_lora_one():
     for n, p in model.named_parameters():
         if "ad_lora" in n:
             assert torch.equal(p, lora_before[n])
+
+
+@pytest.mark.parametrize("mora_type", [1, 6])
+def test_scaling_survives_peft_set_scale_and_unscale(mora_type):
+    model = get_peft_model(make_net(), mora_config(4, TARGETS, mora_type, lora_alpha=8), "t")
+    randomise(model)
+    layers = [m for m in model.modules() if hasattr(m, "mora_type")]
+    assert len(layers) == 3
+    x = torch.randn(32, 30)
+    with torch.no_grad():
+        expected = model(x)
+        deltas = [layer.get_delta_weight("t") for layer in layers]
+    for layer in layers:
+        layer.set_scale("t", 1.0)  # peft's formula would give lora_alpha / r_hat (8 / 18 ...)
+        assert layer.scaling["t"] == 1.0
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+    for layer in layers:
+        layer.scale_layer(3.0)
+        layer.unscale_layer(3.0)
+        layer.scale_layer(5.0)
+        layer.unscale_layer()  # None: back to the initial scaling
+        assert layer.scaling["t"] == 1.0
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+    for layer, delta in zip(layers, deltas, strict=True):
+        layer.set_scale("t", 0.5)  # a factor on MoRA's scaling of 1
+        assert layer.scaling["t"] == 0.5
+        torch.testing.assert_close(layer.get_delta_weight("t"), 0.5 * delta)
+    # A LoRA adapter beside the MoRA one keeps peft's own formula.
+    model.add_adapter("l", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    layers[0].set_scale("l", 2.0)
+    assert layers[0].scaling["l"] == 2.0 * 8 / 4

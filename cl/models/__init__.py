@@ -56,7 +56,7 @@ def make_head(cfg: ModelConfig, feature_dim: int, info: StreamInfo) -> nn.Module
 # Modules of this package that register no model (imported only where used, since some pull
 # in heavy libraries such as peft).
 LIBRARY_MODULES = frozenset(
-    {"heads", "mora", "prompting", "hypernet", "adapter_router", "prompt_queue"}
+    {"heads", "mora", "prompting", "hypernet", "prompt_queue"}
 )
 
 ModelBuilder = Callable[[Any, StreamInfo], CLModel]

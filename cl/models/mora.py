@@ -18,8 +18,10 @@ The layers plug into peft through its custom-module hook: :func:`mora_config` re
 forward and merging to a :class:`peft.tuners.lora.layer.LoraVariant`. ``M`` is stored as
 ``lora_A`` (``lora_B`` is an identity), so peft's state-dict saving, ``set_adapter``,
 ``delete_adapter`` and ``merge_and_unload`` work unchanged. MoRA ignores ``lora_alpha``
-(scaling 1, as the paper's code does). A layer that peft already wrapped for a plain LoRA adapter
-keeps peft's LoRA class, so add MoRA adapters first (or only MoRA adapters) to a model.
+(scaling 1, as the paper's code does), and its scaling stays 1 through peft's ``set_scale`` and
+``unscale_layer`` (which would otherwise recompute it as ``lora_alpha / r_hat``). A layer that
+peft already wrapped for a plain LoRA adapter keeps peft's LoRA class, so add MoRA adapters first
+(or only MoRA adapters) to a model.
 
 Reloading: peft does not write the custom registration into ``adapter_config.json``, so
 ``PeftModel.from_pretrained(model, path)`` alone would rebuild a LoRA layer and fail to load
@@ -42,6 +44,8 @@ from torch import Tensor, nn
 
 MORA_TYPES = (1, 6)
 METADATA_FILE = "mora.json"
+# MoRA's update is applied unscaled (the paper's code stores scaling 1 and ignores lora_alpha).
+MORA_SCALING = 1.0
 
 
 def mora_rank(d_in: int, d_out: int, r: int, mora_type: int = 1) -> int:
@@ -150,7 +154,7 @@ class MoraLinear(lora_layer.Linear):
         r_hat = mora_rank(d_in, d_out, r, mora_type)
         self.r[adapter_name] = r_hat
         self.lora_alpha[adapter_name] = lora_alpha
-        self.scaling[adapter_name] = 1.0
+        self.scaling[adapter_name] = MORA_SCALING
         self.use_rslora[adapter_name] = False
         self.use_dora[adapter_name] = False
         self.lora_bias[adapter_name] = False
@@ -182,6 +186,24 @@ class MoraLinear(lora_layer.Linear):
         # The update is linear, so its matrix is its image of the identity (rows = inputs).
         delta = mora_apply(eye, m.to(work), d_out, self.mora_type[adapter]).T
         return (delta * self.scaling[adapter]).to(m.dtype)
+
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """peft's ``set_scale``: ``scale`` times the adapter's initial scaling, which for MoRA is
+        :data:`MORA_SCALING` (peft's own formula, ``lora_alpha / r``, would use MoRA's
+        ``r_hat`` and silently shrink the update)."""
+        if adapter in getattr(self, "mora_type", {}):
+            self.scaling[adapter] = scale * MORA_SCALING
+        else:
+            super().set_scale(adapter, scale)
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        """peft's ``unscale_layer``: ``None`` resets MoRA adapters to :data:`MORA_SCALING`."""
+        mora = getattr(self, "mora_type", {})
+        super().unscale_layer(scale)
+        if scale is None:
+            for name in self.active_adapters:
+                if name in mora:
+                    self.scaling[name] = MORA_SCALING
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)

@@ -1,4 +1,4 @@
-"""Routing, access control and export for a bank of per-partition peft adapters.
+"""Routing among a bank of per-partition adapters by their frozen-backbone embeddings.
 
 Used by the ``adapters`` strategy (AdapterSwap: Fleshman et al., "AdapterSwap: Continuous
 Training of LLMs with Data Removal and Access-Control Guarantees", 2024). Every partition keeps
@@ -17,15 +17,12 @@ Routing entries:
 
 from __future__ import annotations
 
-import copy
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 ROUTERS = ("gmm", "prototypes")
 
@@ -182,74 +179,85 @@ class PartitionRouter:
         return sum(e.nbytes() for e in self.entries.values())
 
 
-def linear_names(module: nn.Module) -> list[str]:
-    """Names of every ``nn.Linear`` inside ``module`` (the default adapter targets)."""
-    return sorted(n for n, m in module.named_modules() if isinstance(m, nn.Linear))
+def route_and_mix(
+    x: Tensor,
+    z: Tensor,
+    names: Sequence[str],
+    router: PartitionRouter,
+    logits: Callable[[str, Tensor], Tensor],
+    *,
+    n_classes: int,
+    top_k: int = 1,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Outputs of each row of ``x`` from its top-``k`` partitions among ``names``.
 
+    Top-1 returns the chosen adapter's own logits; with ``k > 1`` the chosen adapters'
+    predictions form the output mixture ``log sum_k w_k softmax(z_k)`` (no weight merging).
 
-def adapter_config(
-    adapter_type: str, r: int, alpha: int, dropout: float, mora_type: int, targets: list[str]
-) -> Any:
-    """A peft ``LoraConfig`` for a LoRA or (with the MoRA registration) a MoRA adapter."""
-    from peft import LoraConfig
-
-    from cl.models.mora import mora_config
-
-    if adapter_type == "mora":
-        return mora_config(r, targets, mora_type, lora_dropout=dropout)
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-
-
-def allowed(access: dict[str, set[str] | None], name: str, principal: str | None) -> bool:
-    """Whether ``principal`` may use adapter ``name`` (None principal: unrestricted owner;
-    a None or missing access set: public adapter)."""
-    members = access.get(name)
-    return principal is None or members is None or principal in members
-
-
-# ------------------------------------------------------------------------------------- export
-def export_adapter(
-    peft_model: Any, name: str, head: nn.Module, path: str | Path, meta: dict[str, Any]
-) -> Path:
-    """Save adapter ``name`` as a standard peft adapter directory ``path/name``.
-
-    The directory holds peft's ``adapter_config.json`` and weights, ``mora.json`` for MoRA
-    adapters, the adapter's classification head (``head.pt``) and ``partition.json`` (classes,
-    task id, allowed principals).
+    Args:
+        x: Inputs.
+        z: Their frozen-backbone embeddings (what the router scores).
+        names: The partitions a row may be routed to (only these are ever evaluated).
+        router: The routing entries.
+        logits: ``logits(name, rows)``: the outputs of partition ``name`` on ``rows``.
+        n_classes: Width of the outputs.
+        top_k: Partitions mixed per row.
+        temperature: Temperature of the mixture weights.
     """
-    from cl.models.mora import save_mora_metadata
+    idx, w = router.route(z, names, top_k, temperature)
+    k = idx.shape[1]
+    parts = torch.full((k, len(x), n_classes), float("-inf"), device=x.device)
+    for j, name in enumerate(names):
+        for slot in range(k):
+            rows = idx[:, slot] == j
+            if rows.any():
+                out = logits(name, x[rows])
+                parts[slot, rows] = out if k == 1 else torch.log_softmax(out, dim=1)
+    if k == 1:
+        return parts[0]
+    return torch.logsumexp(parts + torch.log(w.T.float()).unsqueeze(-1), dim=0)
 
-    root = Path(path)
-    peft_model.save_pretrained(str(root), selected_adapters=[name])
-    out = root / name if name != "default" else root
-    save_mora_metadata(out, peft_model.peft_config[name])
-    torch.save(head.state_dict(), out / "head.pt")
-    (out / "partition.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+def predict_routed(
+    x: Tensor,
+    task_ids: Tensor | None,
+    names: Sequence[str],
+    *,
+    task_of: Mapping[int, str],
+    router: PartitionRouter,
+    features: Callable[[Tensor], Tensor],
+    logits: Callable[[str, Tensor], Tensor],
+    n_classes: int,
+    top_k: int = 1,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Outputs of the partitions ``names`` only: rows whose task id has a partition among them
+    go to it (the oracle); the others are routed among ``names`` (:func:`route_and_mix`).
+
+    Args:
+        x: Inputs.
+        task_ids: Their task ids, or None (route every row).
+        names: The partitions that may be used.
+        task_of: Task id -> its partition, among ``names``.
+        router: The routing entries.
+        features: Frozen-backbone embeddings of inputs (what the router scores).
+        logits: ``logits(name, rows)``: the outputs of partition ``name`` on ``rows``.
+        n_classes: Width of the outputs.
+        top_k: Partitions mixed per routed row.
+        temperature: Temperature of the mixture weights.
+    """
+    out = torch.empty(len(x), n_classes, device=x.device)
+    rest = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for t in [] if task_ids is None else torch.unique(task_ids).tolist():
+        if t in task_of:
+            rows = task_ids == t
+            out[rows] = logits(task_of[t], x[rows])
+            rest &= ~rows
+    if rest.any():
+        xr = x[rest]
+        out[rest] = route_and_mix(
+            xr, features(xr), names, router, logits,
+            n_classes=n_classes, top_k=top_k, temperature=temperature,
+        )  # fmt: skip
     return out
-
-
-def merge_adapter(
-    peft_model: Any, name: str, head: nn.Module, feature_dim: int, path: str | Path | None = None
-) -> nn.Module:
-    """A plain model (backbone with adapter ``name`` merged in, then ``head``); saved to
-    ``path/model.pt`` as a state dict (and with ``save_pretrained`` for HF backbones) when given.
-
-    The adapter bank is untouched: the merge runs on a copy.
-    """
-    from cl.models import CLModel
-
-    work = copy.deepcopy(peft_model)
-    work.base_model.set_adapter(name, inference_mode=True)
-    backbone = work.merge_and_unload(adapter_names=[name])
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    plain = CLModel(backbone, copy.deepcopy(head), feature_dim)
-    if path is not None:
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        torch.save(plain.state_dict(), root / "model.pt")
-        # HF backbones (the inner transformer of cl.models.hf) also get their own format.
-        inner: Any = getattr(backbone, "model", None)
-        if inner is not None and hasattr(inner, "save_pretrained"):
-            inner.save_pretrained(str(root / "backbone"))
-    return plain
