@@ -74,7 +74,13 @@ class AdaptersConfig(StrategyConfig):
         positive("strategy", self, "router_temperature", "lora_alpha")
 
     def check_stream(self, stream: StreamInfo) -> None:
-        """A shared head serves partitions with one label space only (not class-incremental)."""
+        """Oracle routing needs task ids; a shared head serves partitions with one label space
+        only (not class-incremental ones)."""
+        if self.routing == "oracle" and not stream.has_task_ids:
+            raise ConfigError(
+                f"strategy.routing=oracle needs task ids at test time, but stream "
+                f"{stream.name!r} has none (use routing=router)"
+            )
         if self.head == "shared" and any(set(c) != set(stream.classes[0]) for c in stream.classes):
             raise ConfigError(
                 f"strategy.head=shared trains one head on the first partition's classes, but "

@@ -50,11 +50,6 @@ class Adapters(Strategy[AdaptersConfig]):
         super().__init__(**kwargs)
         self.config.validate()
         self.needs_task_id_at_test = self.requires_task_ids(self.config)  # type: ignore[misc]
-        if self.needs_task_id_at_test and not self.context.stream.has_task_ids:
-            raise ConfigError(
-                f"strategy.routing=oracle needs task ids at test time, but stream "
-                f"{self.context.stream.name!r} has none (use routing=router)"
-            )
         self.config.check_stream(self.context.stream)
         for p in self.model.parameters():
             p.requires_grad_(False)

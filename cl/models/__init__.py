@@ -55,9 +55,7 @@ def make_head(cfg: ModelConfig, feature_dim: int, info: StreamInfo) -> nn.Module
 
 # Modules of this package that register no model (imported only where used, since some pull
 # in heavy libraries such as peft).
-LIBRARY_MODULES = frozenset(
-    {"heads", "mora", "prompting", "hypernet", "prompt_queue"}
-)
+LIBRARY_MODULES = frozenset({"heads", "mora", "prompting", "hypernet", "prompt_queue"})
 
 ModelBuilder = Callable[[Any, StreamInfo], CLModel]
 MODELS: Registry[ModelBuilder] = Registry("model")
