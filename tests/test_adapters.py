@@ -282,7 +282,7 @@ def test_router_picks_the_partition_on_offline_text(make_cfg, capsys):
     assert isinstance(b.stream[0].test, TensorData)
 
 
-PERMUTED3 = ["stream=permuted_digits", "stream.n_experiences=3"]
+PERMUTED3 = ["stream=permuted_digits", "stream.n_experiences=3", "train.epochs=1"]
 
 
 @pytest.mark.parametrize("head", ["shared", "per_adapter"])

@@ -198,6 +198,6 @@ def test_scaling_survives_peft_set_scale_and_unscale(mora_type):
         assert layer.scaling["t"] == 0.5
         torch.testing.assert_close(layer.get_delta_weight("t"), 0.5 * delta)
     # A LoRA adapter beside the MoRA one keeps peft's own formula.
-    model.add_adapter("l", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
-    layers[0].set_scale("l", 2.0)
-    assert layers[0].scaling["l"] == 2.0 * 8 / 4
+    model.add_adapter("plain", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    layers[0].set_scale("plain", 2.0)
+    assert layers[0].scaling["plain"] == 2.0 * 8 / 4
