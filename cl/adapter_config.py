@@ -73,7 +73,7 @@ class AdaptersConfig(StrategyConfig):
         non_negative("strategy", self, "router_shrinkage")
         positive("strategy", self, "router_temperature", "lora_alpha")
 
-    def check_stream(self, stream: StreamInfo) -> None:
+    def validate_for(self, stream: StreamInfo) -> None:
         """Oracle routing needs task ids; a shared head serves partitions with one label space
         only (not class-incremental ones)."""
         if self.routing == "oracle" and not stream.has_task_ids:

@@ -50,7 +50,7 @@ class Adapters(Strategy[AdaptersConfig]):
         super().__init__(**kwargs)
         self.config.validate()
         self.needs_task_id_at_test = self.requires_task_ids(self.config)  # type: ignore[misc]
-        self.config.check_stream(self.context.stream)
+        self.config.validate_for(self.context.stream)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.bank = AdapterBank()
