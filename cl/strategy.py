@@ -141,7 +141,6 @@ class TrainConfig:
         if self.lr_gamma <= 0:
             raise ConfigError(f"train.lr_gamma must be positive, got {self.lr_gamma}")
 
-
     @property
     def effective_lr(self) -> float:
         """The optimiser's base lr: ``lr``, times ``batch_size / lr_scale_batch`` when set."""

@@ -188,9 +188,9 @@ def rrc_params(
     # Fallback: the whole image cropped to the nearest allowed aspect ratio, centred.
     in_ratio = width / height
     if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
+        fw, fh = width, round(width / min(ratio))
     elif in_ratio > max(ratio):
-        fw, fh = int(round(height * max(ratio))), height
+        fw, fh = round(height * max(ratio)), height
     else:
         fw, fh = width, height
     hh, ww = torch.where(found, hh, fh), torch.where(found, ww, fw)
@@ -208,9 +208,11 @@ def _source_index(start: Tensor, length: Tensor, size: int, limit: int) -> tuple
     lo = src.floor().long().minimum(length[:, None] - 1)
     hi = (lo + 1).minimum(length[:, None] - 1)
     frac = src - lo.float()
-    return (start[:, None] + lo).clamp(0, limit - 1), (start[:, None] + hi).clamp(
-        0, limit - 1
-    ), frac
+    return (
+        (start[:, None] + lo).clamp(0, limit - 1),
+        (start[:, None] + hi).clamp(0, limit - 1),
+        frac,
+    )
 
 
 def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, size: int) -> Tensor:
@@ -243,8 +245,8 @@ def resize_center_crop(
     else:
         new = (int(short * height / width), short)
     y = F.interpolate(x, size=new, mode="bicubic", align_corners=False, antialias=True)
-    top = int(round((new[0] - size) / 2.0))
-    left = int(round((new[1] - size) / 2.0))
+    top = round((new[0] - size) / 2.0)
+    left = round((new[1] - size) / 2.0)
     y = y[..., top : top + size, left : left + size]
     return torch.maximum(torch.minimum(y, _channel(high, y)), _channel(low, y))
 

@@ -49,7 +49,10 @@ def load_cifar100_arrays(data_root: str | None, download: bool, normalize: str =
     out: list[torch.Tensor] = []
     for ds in sets:
         x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float() / 255.0
-        out += [normalize_images(x, normalize, *CIFAR100), torch.tensor(ds.targets, dtype=torch.long)]
+        out += [
+            normalize_images(x, normalize, *CIFAR100),
+            torch.tensor(ds.targets, dtype=torch.long),
+        ]
     return out[0], out[1], out[2], out[3]
 
 

@@ -3,7 +3,8 @@
 Five experiences, one dataset each, in the order CIFAR-10, MNIST, Fashion-MNIST, SVHN,
 notMNIST; every image becomes 3x32x32 in [0, 1] (grey images are resized and repeated over
 channels); ``normalize: standardize`` then uses the per-channel mean and std of the training
-images of the datasets in the stream. Experience ``i`` owns global labels ``10 i .. 10 i + 9`` (50 classes in class_il).
+images of the datasets in the stream. Experience ``i`` owns global labels
+``10 i .. 10 i + 9`` (50 classes in class_il).
 
 CIFAR-10, MNIST and SVHN download through torchvision into ``data_root``; Fashion-MNIST comes
 from the Debian package or ``data_root``; notMNIST is not in torchvision: put the extracted
