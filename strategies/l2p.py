@@ -8,6 +8,11 @@ loss adds the surrogate ``lambda * sum_i (1 - cos(q, k_{s_i}))`` that pulls sele
 towards their queries, and logits of classes outside the current experience are masked while
 training (the paper's code does this for class-incremental runs).
 
+The query, the key matching and the surrogate loss run in fp32 even under bf16 autocast, so
+mixed precision never changes which prompts are chosen. As in the reference code
+(l2p-pytorch), prompts and keys start ~ U(-1, 1), the head ~ trunc-normal(0.02) with zero bias,
+and prompt tokens carry the class token's position embedding (``prompt_position``).
+
 Honesty notes:
 * ``batchwise_prompt`` (the official code's default) replaces each sample's prompts by the
   ``N`` prompts most often selected in its batch. Evaluation batches hold one experience, so

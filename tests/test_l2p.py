@@ -180,8 +180,18 @@ def test_split_cifar100_recipe_follows_the_named_reference(make_cfg, tmp_path):
     from cl.streams.cifar import CIFAR100, CIFAR100StreamConfig
 
     cfg = make_cfg("experiment=l2p_split_cifar100")
-    text = (Path(__file__).parents[1] / "conf/experiment/l2p_split_cifar100.yaml").read_text()
+    path = Path(__file__).parents[1] / "conf/experiment/l2p_split_cifar100.yaml"
+    text = path.read_text()
     assert "JH-LEE-KR/l2p-pytorch" in text and "f7bc994365f51221e059b7be18c9b08c369444e6" in text
+    # Every value the yaml sets is checked here (eval_batch_size: results do not depend on it).
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(raw, dict)
+    set_keys = {f"{g}.{k}" for g, v in raw.items() if isinstance(v, dict) for k in v}
+    set_keys |= {k for k, v in raw.items() if not isinstance(v, dict | list)}
+    assert set_keys <= {*REFERENCE, *DEVIATIONS, "train.eval_batch_size"}, set_keys - {
+        *REFERENCE,
+        *DEVIATIONS,
+    }
     for key, want in {**REFERENCE, **{k: v[0] for k, v in DEVIATIONS.items()}}.items():
         got = OmegaConf.select(cfg, key)
         got = OmegaConf.to_object(got) if OmegaConf.is_config(got) else got
