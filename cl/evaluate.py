@@ -73,7 +73,7 @@ def accuracy(
     correct_t = torch.zeros((), dtype=torch.long, device=device)
     for x, y, t in _batches(exp.test, batch_size, device):
         with strategy.autocast(evaluation=True):
-            logits = strategy.predict(x, t if task_aware else None)
+            logits = strategy.predict(strategy.eval_input(x), t if task_aware else None)
         logits = logits.float()
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))

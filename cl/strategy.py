@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -32,6 +32,7 @@ from cl.optim import (
     update_param_groups,
 )
 from cl.registry import Registry
+from cl.streams.augment import AUGMENT_SALT, model_input_size
 from cl.streams.base import Experience, StreamInfo, TensorData
 from cl.validation import fraction, non_negative, positive
 
@@ -60,6 +61,8 @@ class TrainConfig:
         weight_decay: Weight decay.
         eval_batch_size: Batch size of evaluation.
         grad_clip: Max gradient norm (null: no clipping).
+        lr_scale_batch: Linear scaling rule: the optimiser's lr is ``lr * batch_size /
+            lr_scale_batch`` (e.g. 256, as L2P's and DeiT's reference code); null: ``lr`` as is.
         amp: bf16 autocast on CUDA (ignored on CPU).
         compile: ``torch.compile`` the model's forward.
         reset_optimizer: True: a fresh optimiser for every experience. False (Avalanche's
@@ -90,6 +93,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     eval_batch_size: int = 1024
     grad_clip: float | None = None
+    lr_scale_batch: int | None = None
     amp: bool = True
     compile: bool = False
     reset_optimizer: bool = True
@@ -116,7 +120,7 @@ class TrainConfig:
             )
         fraction("train", self, "momentum", high_open=True)
         non_negative("train", self, "weight_decay")
-        positive("train", self, "grad_clip")
+        positive("train", self, "grad_clip", "lr_scale_batch")
         self._validate_loop_options()
 
     def _validate_loop_options(self) -> None:
@@ -136,6 +140,13 @@ class TrainConfig:
             )
         if self.lr_gamma <= 0:
             raise ConfigError(f"train.lr_gamma must be positive, got {self.lr_gamma}")
+
+    @property
+    def effective_lr(self) -> float:
+        """The optimiser's base lr: ``lr``, times ``batch_size / lr_scale_batch`` when set."""
+        if self.lr_scale_batch is None:
+            return self.lr
+        return self.lr * self.batch_size / self.lr_scale_batch
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -222,6 +233,12 @@ class Strategy(ABC, Generic[C]):
             self._forward_fn = torch.compile(model)
         if type(self).train_experience is not Strategy.train_experience:
             _refuse_loop_options(self.name, context.train)
+            pipe = context.stream.pipeline
+            if pipe is not None and pipe.augment != "none":
+                raise ConfigError(
+                    f"strategy {self.name!r} runs its own training loop and does not apply "
+                    f"stream.augment={pipe.augment}"
+                )
 
     # ----------------------------------------------------------------- checks
     @classmethod
@@ -313,6 +330,21 @@ class Strategy(ABC, Generic[C]):
         """Evaluation forward pass (called under ``inference_mode`` in eval mode)."""
         return self._forward_fn(x, task_ids)
 
+    def augment(self, batch: Batch, gen: torch.Generator) -> Batch:
+        """The stream's training augmentation (``stream.augment``) of a batch, on its device;
+        the loop calls it on every training batch with a generator seeded per epoch."""
+        pipe = self.context.stream.pipeline
+        if pipe is None or pipe.augment == "none":
+            return batch
+        return replace(batch, x=pipe.train(batch.x, gen, model_input_size(self.model)))
+
+    def eval_input(self, x: Tensor) -> Tensor:
+        """The stream's evaluation transform (``stream.eval_transform``) of a test batch."""
+        pipe = self.context.stream.pipeline
+        if pipe is None or pipe.eval_transform == "none":
+            return x
+        return pipe.eval(x, model_input_size(self.model))
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: the model and any strategy state."""
         return {"model": self.model.state_dict()}
@@ -386,11 +418,12 @@ class Strategy(ABC, Generic[C]):
             raise ConfigError(f"strategy {self.name!r} has no trainable parameters")
         if tc.optimizer == "sgd":
             return torch.optim.SGD(
-                params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+                params, lr=tc.effective_lr, momentum=tc.momentum, weight_decay=tc.weight_decay
             )
+        lr = tc.effective_lr
         if tc.optimizer == "adam":
-            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
-        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+            return torch.optim.Adam(params, lr=lr, weight_decay=tc.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay, fused=fused)
 
     def named_parameters(self) -> dict[str, nn.Parameter]:
         """Every parameter of the model and of the strategy's attributes, by a stable name."""
@@ -457,7 +490,9 @@ class Strategy(ABC, Generic[C]):
         for epoch in range(tc.epochs):
             loss_sum.zero_()
             n_last = 0
+            aug_gen = self.generator(exp.index, epoch, AUGMENT_SALT)
             for batch in self.train_batches(exp, epoch):
+                batch = self.augment(batch, aug_gen)
                 self.optimizer.zero_grad(set_to_none=True)
                 with self.autocast():
                     logits = self.forward(batch.x, batch.task_ids)

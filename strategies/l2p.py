@@ -8,6 +8,11 @@ loss adds the surrogate ``lambda * sum_i (1 - cos(q, k_{s_i}))`` that pulls sele
 towards their queries, and logits of classes outside the current experience are masked while
 training (the paper's code does this for class-incremental runs).
 
+The query, the key matching and the surrogate loss run in fp32 even under bf16 autocast, so
+mixed precision never changes which prompts are chosen. As in the reference code
+(l2p-pytorch), prompts and keys start ~ U(-1, 1), the head ~ trunc-normal(0.02) with zero bias,
+and prompt tokens carry the class token's position embedding (``prompt_position``).
+
 Honesty notes:
 * ``batchwise_prompt`` (the official code's default) replaces each sample's prompts by the
   ``N`` prompts most often selected in its batch. Evaluation batches hold one experience, so
@@ -50,6 +55,11 @@ class L2PConfig(StrategyConfig):
         batchwise_prompt: Batch-wise majority selection (leaks task identity: see module doc).
         task_prompt_mask: Each task trains (and, given its id, tests) its own fixed prompts.
         readout: ``prompt`` (mean of prompt outputs, the paper's) or ``cls``.
+        head_init: ``trunc_normal`` (weights ~ N(0, 0.02) truncated at +-2, zero bias: the
+            reference ViT's head) or ``default`` (the model's own initialisation).
+        prompt_position: ``cls``: prompts get the class token's position embedding, as in the
+            reference code (its position table repeats the class token's entry for them);
+            ``none``: no position embedding. Only ViTs with a class token have one to give.
     """
 
     name: str = "l2p"
@@ -63,11 +73,15 @@ class L2PConfig(StrategyConfig):
     batchwise_prompt: bool = False
     task_prompt_mask: bool = False
     readout: str = "prompt"
+    head_init: str = "trunc_normal"
+    prompt_position: str = "cls"
 
     def validate(self) -> None:
         positive("strategy", self, "pool_size", "prompt_length", "top_k", "init_range")
         non_negative("strategy", self, "pull_lambda")
         one_of("strategy", self, "readout", ("prompt", "cls"))
+        one_of("strategy", self, "head_init", ("trunc_normal", "default"))
+        one_of("strategy", self, "prompt_position", ("cls", "none"))
         if self.top_k > self.pool_size:
             raise ConfigError(
                 f"strategy.top_k must be <= strategy.pool_size ({self.pool_size}), got {self.top_k}"
@@ -106,7 +120,16 @@ class L2P(Strategy[L2PConfig]):
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(self.context.seed + 1)  # pool init independent of model init order
         self.pool = PromptPool(c.pool_size, c.prompt_length, backbone.embed_dim, c.init_range)
+        if c.head_init == "trunc_normal":
+            for m in self.model.head.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
         torch.random.set_rng_state(gen_state)
+        # The frozen backbone's position embedding for prompt tokens (ViTs have one).
+        self._position = getattr(backbone, "class_position", None)
+        if c.prompt_position == "none":
+            self._position = None
         self.pool.to(self.device)
         # Selection counts: of earlier tasks (for diversification) and of the current one.
         self.freq = torch.zeros(c.pool_size, device=self.device)
@@ -141,13 +164,24 @@ class L2P(Strategy[L2PConfig]):
                 idx = major.unsqueeze(0).expand(len(q), -1)
         return idx, cos.gather(1, idx)
 
+    def selection(
+        self, x: Tensor, task_ids: Tensor | None, *, training: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Query features, key matching and the selected keys' similarities in fp32, also
+        under bf16 autocast (low precision could change which prompts are chosen)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = self.backbone.query(x.float())
+            return self.select(q, task_ids, training=training)
+
     def _logits(self, x: Tensor, task_ids: Tensor | None, *, training: bool) -> Tensor:
-        q = self.backbone.query(x)
-        idx, sim = self.select(q, task_ids, training=training)
+        idx, sim = self.selection(x, task_ids, training=training)
         if training:
             self._sim = sim
             self._counts += torch.bincount(idx.flatten(), minlength=self.config.pool_size)
         prompts = self.pool.prompts[idx].flatten(1, 2)  # [B, N * L_p, D]
+        pos = self._position() if self._position is not None else None
+        if pos is not None:
+            prompts = prompts + pos
         enc = self.backbone.encode(x, prompts)
         feat = enc.prompt_mean() if self.config.readout == "prompt" else enc.pooled("cls")
         return self.model.head(feat, task_ids)
@@ -172,7 +206,8 @@ class L2P(Strategy[L2PConfig]):
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
         if self._sim is None or self.config.pull_lambda == 0:
             return None
-        return self.config.pull_lambda * (1.0 - self._sim).sum(dim=1).mean()
+        with torch.autocast(device_type=self._sim.device.type, enabled=False):
+            return self.config.pull_lambda * (1.0 - self._sim.float()).sum(dim=1).mean()
 
     def after_experience(self, exp: Experience) -> None:
         self.freq += self._counts

@@ -1,7 +1,11 @@
 """L2P: frozen backbone, ledger = pool + keys + head, per-sample selection independent of the
-evaluation batch size (batch-wise selection is not), and less forgetting than fine-tuning."""
+evaluation batch size (batch-wise selection is not), selection and surrogate loss in fp32 under
+bf16 autocast, the Split CIFAR-100 recipe against its named reference, and less forgetting than
+fine-tuning."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,15 +121,89 @@ def test_selection_options():
         L2P(config=L2PConfig(), model=build_mlp(MLPConfig(), info), context=ctx)
 
 
-def test_split_cifar100_experiment_composes_with_paper_hyperparameters(make_cfg, tmp_path):
+# The reference named in conf/experiment/l2p_split_cifar100.yaml: JH-LEE-KR/l2p-pytorch at
+# f7bc994365f51221e059b7be18c9b08c369444e6, configs/cifar100_l2p.py run with --batch-size 16 on one
+# GPU (main.py, engine.py, datasets.py, prompt.py, vision_transformer.py). Our key -> its value.
+REFERENCE = {
+    "seed": 42,  # --seed
+    "stream.name": "split_cifar100",  # --dataset Split-CIFAR100
+    "stream.n_experiences": 10,  # --num_tasks
+    "stream.scenario": "class_il",  # --task_inc False
+    "stream.class_order": None,  # --shuffle False: labels in order
+    "stream.class_order_seed": None,
+    "stream.normalize": "unit",  # transforms.ToTensor(), no Normalize
+    "stream.augment": "rrc_flip",  # RandomResizedCrop + RandomHorizontalFlip
+    "stream.rrc_scale": [0.05, 1.0],
+    "stream.rrc_ratio": [3 / 4, 4 / 3],
+    "stream.image_size": None,  # --input-size 224 = the model's
+    "stream.eval_transform": "resize_crop",  # Resize(int(256 / 224 * 224)) + CenterCrop(224)
+    "stream.eval_crop_pct": 224 / 256,
+    "model.arch": "vit_base_patch16_224.orig_in21k",  # imagenet21k/ViT-B_16.npz
+    "model.img_size": 224,
+    "model.pretrained": True,
+    "model.pooling": "cls",  # --embedding_key cls: the frozen model's pre_logits
+    "strategy.pool_size": 10,  # --size
+    "strategy.prompt_length": 5,  # --length
+    "strategy.top_k": 5,  # --top_k
+    "strategy.init_range": 1.0,  # --initializer / --prompt_key_init uniform: U(-1, 1)
+    "strategy.pull_lambda": 0.1,  # --pull_constraint_coeff
+    "strategy.mask_old_logits": True,  # --train_mask
+    "strategy.readout": "prompt",  # --head_type prompt
+    "strategy.head_init": "trunc_normal",  # timm init of the head (21k head not loaded)
+    "strategy.prompt_position": "cls",  # resize_pos_embed repeats the class token's entry
+    "strategy.task_prompt_mask": False,  # --use_prompt_mask False
+    "strategy.diversify": False,  # no frequency penalty in the PyTorch code
+    "train.optimizer": "adam",  # --opt adam, betas (0.9, 0.999), eps 1e-8
+    "train.lr": 0.03,  # --lr
+    "train.lr_scale_batch": 256,  # lr * batch_size / 256.0
+    "train.batch_size": 16,  # --batch-size 16
+    "train.epochs": 5,  # --epochs
+    "train.weight_decay": 0.0,  # --weight-decay
+    "train.momentum": 0.0,  # unused by Adam
+    "train.grad_clip": 1.0,  # --clip-grad
+    "train.lr_schedule": "constant",  # --sched constant
+    "train.warmup_steps": 0,
+    "train.reset_optimizer": True,  # --reinit_optimizer
+    "train.logit_mask": "none",  # masking is strategy.mask_old_logits
+    "train.amp": False,  # fp32
+}
+# Named deviations (our value, the reference's, why): see the yaml.
+DEVIATIONS = {"strategy.batchwise_prompt": (False, True)}
+
+
+def test_split_cifar100_recipe_follows_the_named_reference(make_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from cl.config import to_dataclass
+    from cl.strategy import RunContext, TrainConfig
+    from cl.streams.augment import make_pipeline
+    from cl.streams.cifar import CIFAR100, CIFAR100StreamConfig
+
     cfg = make_cfg("experiment=l2p_split_cifar100")
-    assert cfg.stream.name == "split_cifar100" and cfg.stream.n_experiences == 10
-    s, t, m = cfg.strategy, cfg.train, cfg.model
-    assert (s.pool_size, s.prompt_length, s.top_k, s.pull_lambda) == (10, 5, 5, 0.1)
-    assert s.mask_old_logits and not s.batchwise_prompt
-    assert (t.optimizer, t.lr, t.batch_size, t.epochs) == ("adam", 0.03, 128, 5)
-    assert m.arch.startswith("vit_base_patch16_224") and m.img_size == 224
-    # Build model and strategy without downloading: random weights, stream metadata only.
+    path = Path(__file__).parents[1] / "conf/experiment/l2p_split_cifar100.yaml"
+    text = path.read_text()
+    assert "JH-LEE-KR/l2p-pytorch" in text and "f7bc994365f51221e059b7be18c9b08c369444e6" in text
+    # Every value the yaml sets is checked here (eval_batch_size: results do not depend on it).
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(raw, dict)
+    set_keys = {f"{g}.{k}" for g, v in raw.items() if isinstance(v, dict) for k in v}
+    set_keys |= {k for k, v in raw.items() if not isinstance(v, dict | list)}
+    assert set_keys <= {*REFERENCE, *DEVIATIONS, "train.eval_batch_size"}, set_keys - {
+        *REFERENCE,
+        *DEVIATIONS,
+    }
+    for key, want in {**REFERENCE, **{k: v[0] for k, v in DEVIATIONS.items()}}.items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_object(got) if OmegaConf.is_config(got) else got
+        assert got == (pytest.approx(want) if isinstance(want, list) else want), key
+    tc = to_dataclass(cfg.train, TrainConfig, "train")
+    assert tc.effective_lr == pytest.approx(0.03 * 16 / 256)
+    # The image pipeline without data: random resized crops to 224, resize 256 + crop 224.
+    pipe = make_pipeline(to_dataclass(cfg.stream, CIFAR100StreamConfig, "stream"), *CIFAR100)
+    x = torch.rand(2, 3, 32, 32)
+    assert pipe.train(x, torch.Generator().manual_seed(0), 224).shape == (2, 3, 224, 224)
+    assert pipe.eval(x, 224).shape == (2, 3, 224, 224)
+    # Model and strategy with random weights (no download), on stream metadata only.
     info = StreamInfo.of(
         "split_cifar100",
         [list(range(i, i + 10)) for i in range(0, 100, 10)],
@@ -133,19 +211,55 @@ def test_split_cifar100_experiment_composes_with_paper_hyperparameters(make_cfg,
         modality="vision",
         input_shape=(3, 32, 32),
     )
-    from cl.config import to_dataclass
-    from cl.strategy import RunContext, TrainConfig
-
     entry = MODELS.get("vit")
     model_cfg = to_dataclass(cfg.model, entry.config_cls, "model")
     model_cfg.pretrained = False
     model = entry.builder(model_cfg, info)
-    ctx = RunContext(device=torch.device("cpu"), seed=0, stream=info, train=TrainConfig())
+    ctx = RunContext(device=torch.device("cpu"), seed=0, stream=info, train=tc)
     strat = L2P(config=to_dataclass(cfg.strategy, L2PConfig, "strategy"), model=model, context=ctx)
     n = sum(p.numel() for p in strat.trainable_parameters())
     assert n == ledger_formula(10, 5, 768, 100)
+    opt = strat.build_optimizer(list(strat.trainable_parameters()))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001875)
+    assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8
+    # Prompts and keys ~ U(-1, 1) (std 1/sqrt(3)); head ~ trunc-normal(0.02), zero bias.
+    for t in (strat.pool.prompts.detach(), strat.pool.keys.detach()):
+        assert -1 <= float(t.min()) < -0.99 and 0.99 < float(t.max()) <= 1
+        assert abs(float(t.std()) - 3**-0.5) < 0.01
+    w, b = model.head.linear.weight.detach(), model.head.linear.bias.detach()
+    assert abs(float(w.std()) - 0.02) < 0.002 and float(w.abs().max()) <= 2 and not b.any()
+    pos = model.backbone.class_position()
+    assert pos is not None and torch.equal(pos, model.backbone.vit.pos_embed[0, 0])
     with pytest.raises(DataNotFoundError, match="CIFAR-100"):
         load_cifar100_arrays(str(tmp_path), download=False)
+
+
+def test_selection_and_surrogate_loss_stay_fp32_under_bf16_autocast():
+    from cl.models.vit import ViTConfig, build_vit
+    from cl.strategy import Batch, RunContext, TrainConfig
+
+    info = StreamInfo.of(
+        "x", [[0, 1], [2, 3]], scenario="class_il", modality="vision", input_shape=(3, 16, 16)
+    )
+    torch.manual_seed(0)
+    vit = ViTConfig(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
+    model = build_vit(vit, info)
+    ctx = RunContext(device=torch.device("cpu"), seed=0, stream=info, train=TrainConfig())
+    s = L2P(config=L2PConfig(pool_size=8, top_k=2, init_range=0.05), model=model, context=ctx)
+    x = torch.randn(64, 3, 16, 16)
+    idx, sim = s.selection(x, None, training=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        idx_bf, sim_bf = s.selection(x, None, training=True)
+        logits = s.forward(x, None)
+        loss = s.extra_loss(Batch(x, torch.zeros(64, dtype=torch.long), None), logits)
+        low_q = s.backbone.query(x)  # the query computed under autocast
+    assert torch.equal(idx, idx_bf) and torch.equal(sim, sim_bf) and sim_bf.dtype == torch.float32
+    assert torch.isfinite(logits).any(1).all()
+    assert loss is not None and loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(0.1 * (1 - sim).sum(1).mean().item(), abs=1e-6)
+    # Not vacuous: the query in bf16 differs, so fp32 is what keeps the selection stable.
+    assert not torch.equal(low_q, s.backbone.query(x))
+    assert not torch.equal(s.select(low_q, None, training=True)[1], sim)
 
 
 TEXT = [

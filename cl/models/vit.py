@@ -59,6 +59,7 @@ class TimmViT(PromptableBackbone):
                     f"{type(vit).__name__} is not a timm VisionTransformer (no {attr})"
                 )
         self.adapter = adapter
+        self.input_size = adapter.size  # the stream's crops and resizes target this side
         self.vit = vit
         self.embed_dim = int(vit.embed_dim)  # type: ignore[arg-type]
         self.n_prefix = int(vit.num_prefix_tokens)  # type: ignore[arg-type]
@@ -73,6 +74,14 @@ class TimmViT(PromptableBackbone):
     def run(self, h: Tensor, mask: Tensor | None) -> Tensor:
         v: Any = self.vit
         return v.norm(v.blocks(h))
+
+    def class_position(self) -> Tensor | None:
+        """The class token's position embedding ``[D]`` (None without a class token or when
+        the class token gets none): what L2P's reference code adds to its prompt tokens."""
+        v: Any = self.vit
+        if self.n_prefix == 0 or getattr(v, "no_embed_class", False) or v.pos_embed is None:
+            return None
+        return v.pos_embed[0, 0].detach()
 
 
 @dataclass

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from cl.streams.augment import ImagePipeline
 
 Scenario = Literal["class_il", "task_il", "domain_il"]
 SCENARIOS: tuple[str, ...] = ("class_il", "task_il", "domain_il")
@@ -90,6 +93,7 @@ class Stream:
         input_shape: Shape of one input (vision), or ``None``.
         has_task_ids: Whether task ids may be given to a strategy at test time.
         extra: Free-form metadata (e.g. tokenizer name for text streams).
+        pipeline: Augmentation and evaluation transform of image batches (None: none).
     """
 
     name: str
@@ -100,6 +104,7 @@ class Stream:
     input_shape: tuple[int, ...] | None = None
     has_task_ids: bool = True
     extra: dict[str, object] = field(default_factory=dict)
+    pipeline: ImagePipeline | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -138,6 +143,7 @@ class Stream:
             modality=self.modality,
             input_shape=self.input_shape,
             has_task_ids=self.has_task_ids,
+            pipeline=self.pipeline,
         )
 
     def to(self, device: torch.device | str) -> Stream:
@@ -146,7 +152,8 @@ class Stream:
 
 @dataclass(frozen=True, kw_only=True)
 class StreamInfo:
-    """Stream metadata without data: what models and strategies may know up front."""
+    """Stream metadata without data: what models and strategies may know up front
+    (``pipeline``: the stream's image augmentation and evaluation transform, or None)."""
 
     name: str
     scenario: str
@@ -157,6 +164,7 @@ class StreamInfo:
     modality: str
     input_shape: tuple[int, ...] | None
     has_task_ids: bool
+    pipeline: ImagePipeline | None = None
 
     @classmethod
     def of(

@@ -1,7 +1,8 @@
 """Split CIFAR-100 (online: torchvision downloads it into ``stream.data_root``).
 
-Pixels are scaled to [0, 1] as in L2P (Wang et al., 2022); the ViT's input adapter resizes the
-32x32 images to its resolution.
+Pixels are in [0, 1] by default (``normalize: unit``, as L2P's reference code feeds them);
+``standardize`` uses CIFAR-100's per-channel training mean and std. The ViT's input adapter
+resizes the 32x32 images to its resolution unless an augmentation already did.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import torch
 
 from cl.errors import DataNotFoundError, reason
 from cl.streams import register_stream
+from cl.streams.augment import normalize_images
 from cl.streams.base import Stream
-from cl.streams.vision import Arrays, SplitStreamConfig, split_stream
+from cl.streams.vision import Arrays, SplitStreamConfig, Stats, split_stream
+
+# Per-channel mean and std of CIFAR-100's training pixels in [0, 1].
+CIFAR100: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
 @dataclass
@@ -24,9 +29,11 @@ class CIFAR100StreamConfig(SplitStreamConfig):
 
     name: str = "split_cifar100"
     n_experiences: int = 10
+    normalize: str = "unit"
 
 
-def load_cifar100_arrays(data_root: str | None, download: bool) -> Arrays:
+def load_cifar100_arrays(data_root: str | None, download: bool, normalize: str = "unit") -> Arrays:
+    """CIFAR-100's train and test images (``[N, 3, 32, 32]``, ``normalize``d) and labels."""
     root = Path(data_root) if data_root else Path.home() / ".cache" / "cl-platform" / "data"
     try:
         from torchvision.datasets import CIFAR100
@@ -42,11 +49,15 @@ def load_cifar100_arrays(data_root: str | None, download: bool) -> Arrays:
     out: list[torch.Tensor] = []
     for ds in sets:
         x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float() / 255.0
-        out += [x, torch.tensor(ds.targets, dtype=torch.long)]
+        out += [
+            normalize_images(x, normalize, *CIFAR100),
+            torch.tensor(ds.targets, dtype=torch.long),
+        ]
     return out[0], out[1], out[2], out[3]
 
 
 @register_stream("split_cifar100", CIFAR100StreamConfig)
 def split_cifar100(cfg: CIFAR100StreamConfig) -> Stream:
     """CIFAR-100 split into experiences of classes (default 10 x 10)."""
-    return split_stream(cfg, load_cifar100_arrays(cfg.data_root, cfg.download), 100, (3, 32, 32))
+    arrays = load_cifar100_arrays(cfg.data_root, cfg.download, cfg.normalize)
+    return split_stream(cfg, arrays, 100, (3, 32, 32), stats=CIFAR100)

@@ -2,7 +2,9 @@
 
 Five experiences, one dataset each, in the order CIFAR-10, MNIST, Fashion-MNIST, SVHN,
 notMNIST; every image becomes 3x32x32 in [0, 1] (grey images are resized and repeated over
-channels). Experience ``i`` owns global labels ``10 i .. 10 i + 9`` (50 classes in class_il).
+channels); ``normalize: standardize`` then uses the per-channel mean and std of the training
+images of the datasets in the stream. Experience ``i`` owns global labels
+``10 i .. 10 i + 9`` (50 classes in class_il).
 
 CIFAR-10, MNIST and SVHN download through torchvision into ``data_root``; Fashion-MNIST comes
 from the Debian package or ``data_root``; notMNIST is not in torchvision: put the extracted
@@ -21,12 +23,9 @@ from torch.nn import functional as F
 
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
+from cl.streams.augment import make_pipeline, normalize_images
 from cl.streams.base import Experience, Stream, TensorData
 from cl.streams.vision import (
-    FMNIST_MEAN,
-    FMNIST_STD,
-    MNIST_MEAN,
-    MNIST_STD,
     VisionStreamConfig,
     load_fmnist_arrays,
     load_mnist_arrays,
@@ -45,6 +44,7 @@ class FiveDatasetsConfig(VisionStreamConfig):
 
     name: str = "five_datasets"
     scenario: str = "class_il"
+    normalize: str = "unit"
     order: list[str] = field(default_factory=lambda: list(DATASETS))
 
 
@@ -111,13 +111,9 @@ def load_dataset(
     name: str, root: Path, download: bool, data_root: str | None
 ) -> tuple[Tensor, ...]:
     if name in ("fmnist", "mnist"):
-        # The platform's loaders standardise; 5-datasets images are in [0, 1].
-        load, mean, std = {
-            "fmnist": (load_fmnist_arrays, FMNIST_MEAN, FMNIST_STD),
-            "mnist": (load_mnist_arrays, MNIST_MEAN, MNIST_STD),
-        }[name]
-        xtr, ytr, xte, yte = load(data_root, download)
-        return xtr * std + mean, ytr, xte * std + mean, yte
+        # 5-datasets images are in [0, 1] (the stream standardises afterwards if asked).
+        load = {"fmnist": load_fmnist_arrays, "mnist": load_mnist_arrays}[name]
+        return load(data_root, download, "unit")
     if name == "notmnist":
         return _notmnist(root)
     return _torchvision(name, root, download)
@@ -134,8 +130,13 @@ def five_datasets(cfg: FiveDatasetsConfig) -> Stream:
     root = Path(cfg.data_root) if cfg.data_root else Path.home() / ".cache" / "cl-platform" / "data"
     gen = torch.Generator().manual_seed(cfg.subsample_seed)
     exps = []
+    s1, s2, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
     for i, name in enumerate(order):
         xtr, ytr, xte, yte = load_dataset(name, root, cfg.download, cfg.data_root)
+        rgb = _to_rgb32(xtr).double()
+        s1 += rgb.sum(dim=(0, 2, 3))
+        s2 += rgb.square().sum(dim=(0, 2, 3))
+        count += rgb[:, 0].numel()
         parts = []
         for x, y, cap in (
             (xtr, ytr, cfg.max_train_per_experience),
@@ -154,6 +155,13 @@ def five_datasets(cfg: FiveDatasetsConfig) -> Stream:
                 test=parts[1],
             )
         )
+    mean = s1 / count
+    stats = tuple(mean.tolist()), tuple((s2 / count - mean.square()).sqrt().tolist())
+    if cfg.normalize == "standardize":
+        for e in exps:
+            for d in (e.train, e.test):
+                assert isinstance(d, TensorData)
+                d.x = normalize_images(d.x, "standardize", *stats)
     return Stream(
         name=cfg.name,
         scenario=cfg.scenario,
@@ -162,4 +170,5 @@ def five_datasets(cfg: FiveDatasetsConfig) -> Stream:
         modality="vision",
         input_shape=(3, 32, 32),
         has_task_ids=cfg.task_labels or cfg.scenario == "task_il",
+        pipeline=make_pipeline(cfg, *stats),
     )

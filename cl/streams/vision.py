@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,9 @@ from torch import Tensor
 
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
+from cl.streams.augment import AUGMENT, EVAL_TRANSFORMS, NORMALIZE, make_pipeline
 from cl.streams.base import Experience, Stream, TensorData
-from cl.validation import fraction, positive
+from cl.validation import fraction, non_negative, one_of, positive
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 # File names of MNIST-style idx datasets (stored gzipped or not).
@@ -30,6 +31,8 @@ IDX_FILES = {
 }
 # Standard Fashion-MNIST normalisation constants (mean, std of the training pixels).
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+# The digits' "standardize" maps [0, 1] to [-1, 1].
+DIGITS_MEAN, DIGITS_STD = 0.5, 0.5
 
 
 @dataclass
@@ -54,6 +57,17 @@ class VisionStreamConfig:
             data, so hyperparameter searches never see the test sets.
         validation_fraction: Fraction of each experience's training data held out.
         validation_seed: Seed of the held-out split.
+        normalize: ``standardize`` (the dataset's mean and std) or ``unit`` (pixels in [0, 1]).
+        augment: Training batches only, on the device: ``none``, ``flip_crop`` (pad + random
+            crop + horizontal flip) or ``rrc_flip`` (RandomResizedCrop + horizontal flip).
+        eval_transform: ``none`` or ``resize_crop`` (resize to ``image_size / eval_crop_pct``,
+            centre crop ``image_size``) on evaluation batches.
+        image_size: Output side of ``rrc_flip`` and ``resize_crop`` (null: the model's input
+            size, e.g. ``model.img_size`` of ``vit``, else the image's own).
+        crop_padding: Padding of ``flip_crop``.
+        rrc_scale: Area fraction range of ``rrc_flip``.
+        rrc_ratio: Aspect-ratio range of ``rrc_flip``.
+        eval_crop_pct: Crop fraction of ``resize_crop`` (0.875: resize 256, crop 224).
     """
 
     name: str = MISSING
@@ -69,11 +83,31 @@ class VisionStreamConfig:
     validation: bool = False
     validation_fraction: float = 0.2
     validation_seed: int = 0
+    normalize: str = "standardize"
+    augment: str = "none"
+    eval_transform: str = "none"
+    image_size: int | None = None
+    crop_padding: int = 4
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    eval_crop_pct: float = 0.875
 
     def validate(self) -> None:
         positive("stream", self, "n_experiences", "max_experiences")
         positive("stream", self, "max_train_per_experience", "max_test_per_experience")
         fraction("stream", self, "validation_fraction", low_open=True, high_open=True)
+        one_of("stream", self, "normalize", NORMALIZE)
+        one_of("stream", self, "augment", AUGMENT)
+        one_of("stream", self, "eval_transform", EVAL_TRANSFORMS)
+        positive("stream", self, "image_size", "rrc_ratio")
+        non_negative("stream", self, "crop_padding")
+        fraction("stream", self, "eval_crop_pct", low_open=True, high_open=False)
+        for key in ("rrc_scale", "rrc_ratio"):
+            lo_hi = list(getattr(self, key))
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+                raise ConfigError(f"stream.{key} must be [low, high] with 0 < low <= high")
+        if self.rrc_scale[1] > 1:
+            raise ConfigError("stream.rrc_scale must lie in (0, 1]")
 
 
 @dataclass
@@ -104,15 +138,22 @@ class PermutedStreamConfig(VisionStreamConfig):
 
 
 Arrays = tuple[Tensor, Tensor, Tensor, Tensor]
+# Per-channel mean and std of pixels in [0, 1] ("standardize" maps them to 0 and 1).
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+DIGITS: Stats = ((DIGITS_MEAN,), (DIGITS_STD,))
+FMNIST: Stats = ((FMNIST_MEAN,), (FMNIST_STD,))
 
 
-def load_digits_arrays() -> Arrays:
-    """scikit-learn's 8x8 digits: a stratified 70/30 train/test split with a fixed seed."""
+def load_digits_arrays(normalize: str = "standardize") -> Arrays:
+    """scikit-learn's 8x8 digits: a stratified 70/30 train/test split with a fixed seed;
+    ``standardize`` maps the pixels to [-1, 1], ``unit`` to [0, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0 - 0.5) / 0.5
+    x = d.images.astype(np.float32) / 16.0
+    if normalize == "standardize":
+        x = (x - DIGITS_MEAN) / DIGITS_STD
     xtr, xte, ytr, yte = train_test_split(
         x, d.target, test_size=0.3, stratify=d.target, random_state=0
     )
@@ -198,14 +239,18 @@ def load_fmnist_folder(data_root: str | None, download: bool = True) -> Path:
     )
 
 
-def load_fmnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
+def load_fmnist_arrays(
+    data_root: str | None, download: bool = True, normalize: str = "standardize"
+) -> Arrays:
     """Fashion-MNIST from the idx files: with ``data_root`` unset the Debian package's copy or
     one in the platform's data cache; else ``data_root``, downloading there via torchvision."""
-    return _idx_arrays(load_fmnist_folder(data_root, download), FMNIST_MEAN, FMNIST_STD)
+    folder = load_fmnist_folder(data_root, download)
+    return _idx_arrays(folder, FMNIST_MEAN, FMNIST_STD, normalize)
 
 
-def _idx_arrays(folder: Path, mean: float, std: float) -> Arrays:
-    """28x28 idx image/label files (gzipped or not) -> standardised tensors."""
+def _idx_arrays(folder: Path, mean: float, std: float, normalize: str = "standardize") -> Arrays:
+    """28x28 idx image/label files (gzipped or not) -> tensors, standardised with ``mean`` and
+    ``std`` or (``normalize="unit"``) in [0, 1]."""
 
     def read(name: str, header: int) -> np.ndarray:
         path = folder / IDX_FILES[name]
@@ -216,7 +261,8 @@ def _idx_arrays(folder: Path, mean: float, std: float) -> Arrays:
 
     def images(name: str) -> Tensor:
         a = read(name, 16).reshape(-1, 1, 28, 28)
-        return (torch.from_numpy(a.astype(np.float32)) / 255.0 - mean) / std
+        x = torch.from_numpy(a.astype(np.float32)) / 255.0
+        return (x - mean) / std if normalize == "standardize" else x
 
     def labels(name: str) -> Tensor:
         return torch.from_numpy(read(name, 8).astype(np.int64))
@@ -269,9 +315,17 @@ def _check_scenario(cfg: VisionStreamConfig, allowed: tuple[str, ...]) -> None:
 
 
 def split_stream(
-    cfg: SplitStreamConfig, arrays: Arrays, n_classes: int, shape: tuple[int, ...]
+    cfg: SplitStreamConfig,
+    arrays: Arrays,
+    n_classes: int,
+    shape: tuple[int, ...],
+    *,
+    stats: Stats = ((0.0,), (1.0,)),
 ) -> Stream:
-    """Partition the classes into ``n_experiences`` consecutive chunks of the class order."""
+    """Partition the classes into ``n_experiences`` consecutive chunks of the class order.
+
+    ``stats`` (per-channel mean and std of the pixels in [0, 1]) say where black and white
+    lie in the arrays' normalisation, for the augmentation's padding and clamping."""
     _check_scenario(cfg, ("class_il", "task_il"))
     if cfg.class_order is not None:
         order = [int(c) for c in cfg.class_order]
@@ -311,13 +365,25 @@ def split_stream(
         input_shape=shape,
         has_task_ids=cfg.task_labels or cfg.scenario == "task_il",
         extra={"class_order": order},
+        pipeline=make_pipeline(cfg, *stats),
     )
 
 
 def permuted_stream(
-    cfg: PermutedStreamConfig, arrays: Arrays, n_classes: int, shape: tuple[int, ...]
+    cfg: PermutedStreamConfig,
+    arrays: Arrays,
+    n_classes: int,
+    shape: tuple[int, ...],
+    *,
+    stats: Stats = ((0.0,), (1.0,)),
 ) -> Stream:
-    """Each experience permutes the pixels with its own seeded permutation."""
+    """Each experience permutes the pixels with its own seeded permutation (``stats``: as in
+    :func:`split_stream`; crops and flips of permuted images are refused)."""
+    if cfg.augment != "none" or cfg.eval_transform != "none":
+        raise ConfigError(
+            f"stream {cfg.name!r} permutes pixels: spatial stream.augment / stream.eval_transform "
+            "do not apply (leave them none)"
+        )
     _check_scenario(cfg, ("domain_il", "task_il"))
     xtr, ytr, xte, yte = arrays
     d = int(np.prod(shape))
@@ -350,38 +416,44 @@ def permuted_stream(
         modality="vision",
         input_shape=shape,
         has_task_ids=cfg.task_labels or cfg.scenario == "task_il",
+        pipeline=make_pipeline(cfg, *stats),
     )
 
 
 @register_stream("split_digits", SplitStreamConfig)
 def split_digits(cfg: SplitStreamConfig) -> Stream:
     """scikit-learn digits split into experiences of classes (default 5 x 2)."""
-    return split_stream(cfg, load_digits_arrays(), 10, (1, 8, 8))
+    return split_stream(cfg, load_digits_arrays(cfg.normalize), 10, (1, 8, 8), stats=DIGITS)
 
 
 @register_stream("permuted_digits", PermutedStreamConfig)
 def permuted_digits(cfg: PermutedStreamConfig) -> Stream:
     """scikit-learn digits under per-experience pixel permutations."""
-    return permuted_stream(cfg, load_digits_arrays(), 10, (1, 8, 8))
+    return permuted_stream(cfg, load_digits_arrays(cfg.normalize), 10, (1, 8, 8), stats=DIGITS)
 
 
 @register_stream("split_fmnist", SplitStreamConfig)
 def split_fmnist(cfg: SplitStreamConfig) -> Stream:
     """Fashion-MNIST split into experiences of classes (default 5 x 2)."""
-    return split_stream(cfg, load_fmnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
+    arrays = load_fmnist_arrays(cfg.data_root, cfg.download, cfg.normalize)
+    return split_stream(cfg, arrays, 10, (1, 28, 28), stats=FMNIST)
 
 
 @register_stream("permuted_fmnist", PermutedStreamConfig)
 def permuted_fmnist(cfg: PermutedStreamConfig) -> Stream:
     """Fashion-MNIST under per-experience pixel permutations."""
-    return permuted_stream(cfg, load_fmnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
+    arrays = load_fmnist_arrays(cfg.data_root, cfg.download, cfg.normalize)
+    return permuted_stream(cfg, arrays, 10, (1, 28, 28), stats=FMNIST)
 
 
 # MNIST (LeCun et al.) normalisation constants.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST: Stats = ((MNIST_MEAN,), (MNIST_STD,))
 
 
-def load_mnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
+def load_mnist_arrays(
+    data_root: str | None, download: bool = True, normalize: str = "standardize"
+) -> Arrays:
     """MNIST via torchvision in ``data_root`` (default ``~/.cache/cl-platform/data``)."""
     root = Path(data_root) if data_root else data_cache()
     folder = _idx_folder(
@@ -394,16 +466,18 @@ def load_mnist_arrays(data_root: str | None, download: bool = True) -> Arrays:
         failed=f"MNIST is not in {root} and downloading it failed ({{why}}); it needs internet "
         "once. Offline, use split_digits/permuted_digits or the Fashion-MNIST streams.",
     )
-    return _idx_arrays(folder, MNIST_MEAN, MNIST_STD)
+    return _idx_arrays(folder, MNIST_MEAN, MNIST_STD, normalize)
 
 
 @register_stream("split_mnist", SplitStreamConfig)
 def split_mnist(cfg: SplitStreamConfig) -> Stream:
     """MNIST split into experiences of classes (default 5 x 2); downloads when online."""
-    return split_stream(cfg, load_mnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
+    arrays = load_mnist_arrays(cfg.data_root, cfg.download, cfg.normalize)
+    return split_stream(cfg, arrays, 10, (1, 28, 28), stats=MNIST)
 
 
 @register_stream("permuted_mnist", PermutedStreamConfig)
 def permuted_mnist(cfg: PermutedStreamConfig) -> Stream:
     """MNIST under per-experience pixel permutations; downloads when online."""
-    return permuted_stream(cfg, load_mnist_arrays(cfg.data_root, cfg.download), 10, (1, 28, 28))
+    arrays = load_mnist_arrays(cfg.data_root, cfg.download, cfg.normalize)
+    return permuted_stream(cfg, arrays, 10, (1, 28, 28), stats=MNIST)
