@@ -47,7 +47,7 @@ def test_split_and_decoding(folder):
 
 def test_offline_error_and_configs(tmp_path):
     cfg = ImageNetRStreamConfig(data_root=str(tmp_path), download=False)
-    with pytest.raises(DataNotFoundError, match="imagenet-r.tar"):
+    with pytest.raises(DataNotFoundError, match=r"imagenet-r\.tar"):
         split_imagenet_r(cfg)
     for n in (10, 20):
         c = compose(["logger=none", "stream=split_imagenet_r", f"stream.n_experiences={n}"])

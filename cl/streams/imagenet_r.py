@@ -108,7 +108,7 @@ def imagenet_r_folder(data_root: str | None, download: bool) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, suffix=".tar") as tmp:
-            with urllib.request.urlopen(IMAGENET_R_URL, timeout=60) as r:  # noqa: S310
+            with urllib.request.urlopen(IMAGENET_R_URL, timeout=60) as r:
                 while chunk := r.read(1 << 20):
                     tmp.write(chunk)
             tmp.flush()
@@ -149,7 +149,7 @@ def split_imagenet_r(cfg: ImageNetRStreamConfig) -> Stream:
     test: list[tuple[list[Path], list[int]]] = []
     for c, fs in enumerate(files):
         perm = rng.permutation(len(fs))
-        k = int(round(len(fs) * cfg.train_fraction))
+        k = round(len(fs) * cfg.train_fraction)
         train.append(([fs[i] for i in perm[:k]], [c] * k))
         test.append(([fs[i] for i in perm[k:]], [c] * (len(fs) - k)))
     sub = np.random.RandomState(cfg.subsample_seed)
