@@ -72,8 +72,8 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         from PIL import Image
 
-        with Image.open(self.files[i]) as im:
-            im = im.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        with Image.open(self.files[i]) as f:
+            im = f.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.float32) / 255.0
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), self.labels[i], self.task
 
