@@ -136,3 +136,12 @@ def test_experiment_configs_compose_offline_and_name_their_reference(experiment,
         got = OmegaConf.select(cfg, key)
         got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
         assert got == pytest.approx(want) if isinstance(want, float) else got == want, key
+
+
+def test_pycil_class_order_of_cifar100():
+    from cl.streams.cifar import numpy_class_order
+
+    order = numpy_class_order(1993, 100)
+    # The order PyCIL/PILOT/RanPAC log for CIFAR-100 with seed 1993 begins so.
+    assert order[:10] == [68, 56, 78, 8, 23, 84, 90, 65, 74, 76]
+    assert sorted(order) == list(range(100))
