@@ -7,7 +7,13 @@ layers. Prompt-based strategies (L2P, Q-tuning, progressive prompts) use only th
 
 * ``query(x)``: features of the frozen model without prompts (no gradient), e.g. L2P's query;
 * ``encode(x, prompts)``: output tokens with ``prompts`` (``[B, P, D]``) at positions ``0..P-1``;
-* :meth:`Encoded.prompt_mean` / :meth:`Encoded.pooled`: read-outs of those tokens.
+* :meth:`Encoded.prompt_mean` / :meth:`Encoded.pooled`: read-outs of those tokens;
+* ``encode(x, layers={k: LayerPrompt(...)})``: prompts injected at chosen layers (timm ViTs),
+  prompt-tuning style (tokens prepended to block ``k``'s input; they stay in the sequence for
+  the following blocks) or prefix-tuning style (key/value prefixes inside block ``k``'s
+  attention; the sequence keeps its length), as DualPrompt (Wang et al., ECCV 2022) and
+  CODA-Prompt (Smith et al., CVPR 2023) use them. Blocks before the first injected one compute
+  exactly what the unprompted backbone computes.
 
 Attention without positional information for the prompts is permutation-equivariant, so
 putting them first is equivalent to putting them after the class token (as in L2P's code).
@@ -19,12 +25,50 @@ and token-type embeddings to them as to any token, which is how prompt tuning (L
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 POOLINGS = ("cls", "mean")
+PROMPT_STYLES = ("prompt", "prefix")
+
+
+@dataclass
+class LayerPrompt:
+    """What enters one block.
+
+    Attributes:
+        style: ``prompt`` (tokens prepended to the block's input) or ``prefix`` (keys and
+            values prepended inside the block's attention).
+        tokens: ``prompt``: ``[B, L, D]`` or ``[L, D]``. ``prefix``: ``[B, 2, L, D]`` or
+            ``[2, L, D]`` (index 0: key prefix, 1: value prefix), split into heads like the
+            block's own keys and values.
+    """
+
+    style: str
+    tokens: Tensor
+
+    def __post_init__(self) -> None:
+        if self.style not in PROMPT_STYLES:
+            raise ValueError(
+                f"unknown prompt style {self.style!r}; valid: {', '.join(PROMPT_STYLES)}"
+            )
+
+
+def layer_styles(layers: list[int], style: str, depth: int, what: str) -> dict[int, str]:
+    """Validated ``{layer: style}`` of a strategy's per-layer choice (a clear config error)."""
+    from cl.errors import ConfigError
+
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"{what} style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
+    bad = [k for k in layers if not 0 <= k < depth]
+    if bad or len(set(layers)) != len(layers):
+        raise ConfigError(
+            f"{what} layers must be distinct block indices in 0..{depth - 1}, got {list(layers)}"
+        )
+    return {int(k): style for k in layers}
 
 
 @dataclass
@@ -36,12 +80,14 @@ class Encoded:
         n_prompts: ``P``, the prompt tokens at positions ``0..P-1``.
         n_prefix: Class-type tokens right after the prompts (1 for a [CLS]/class token).
         mask: ``[B, P + S]`` True where a token is real (text padding is False); None: all real.
+        hidden: With ``keep_hidden``: every block's output (before the final norm).
     """
 
     tokens: Tensor
     n_prompts: int
     n_prefix: int
     mask: Tensor | None
+    hidden: list[Tensor] | None = None
 
     def prompt_mean(self) -> Tensor:
         """Mean of the prompt-position outputs, ``[B, D]`` (L2P's classifier input)."""
@@ -127,8 +173,34 @@ class PromptableBackbone(nn.Module):
     def run(self, h: Tensor, mask: Tensor | None) -> Tensor:
         """Token embeddings (prompts included) -> output tokens ``[B, S', D]``."""
 
-    def encode(self, x: Tensor, prompts: Tensor | None = None) -> Encoded:
-        """Run the transformer with ``prompts`` (``[B, P, D]`` or ``[P, D]``) in front."""
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks (0 where per-layer prompts are not supported)."""
+        return 0
+
+    def run_layers(
+        self, h: Tensor, layers: Mapping[int, LayerPrompt], *, keep_hidden: bool
+    ) -> tuple[Tensor, int, list[Tensor] | None]:
+        """Blocks with per-layer prompts: (output tokens, prompt tokens added, hidden states)."""
+        raise NotImplementedError(f"{type(self).__name__} does not take per-layer prompts")
+
+    def encode(
+        self,
+        x: Tensor,
+        prompts: Tensor | None = None,
+        *,
+        layers: Mapping[int, LayerPrompt] | None = None,
+        keep_hidden: bool = False,
+    ) -> Encoded:
+        """Run the transformer with ``prompts`` (``[B, P, D]`` or ``[P, D]``) in front.
+
+        Args:
+            x: Inputs.
+            prompts: Tokens prepended to the embedded inputs (before the first block).
+            layers: Prompts injected at chosen blocks (see :class:`LayerPrompt`); prompt-style
+                tokens go in front of the sequence, so all prompt tokens stay at ``0..P-1``.
+            keep_hidden: Keep every block's output in :attr:`Encoded.hidden`.
+        """
         h, mask = self.embed(x)
         n = 0
         if prompts is not None:
@@ -138,7 +210,12 @@ class PromptableBackbone(nn.Module):
             h = torch.cat([prompts.to(h.dtype), h], dim=1)
             if mask is not None:
                 mask = torch.cat([mask.new_ones(h.shape[0], n), mask], dim=1)
-        return Encoded(self.run(h, mask), n, self.n_prefix, mask)
+        if not layers and not keep_hidden:
+            return Encoded(self.run(h, mask), n, self.n_prefix, mask)
+        if mask is not None:
+            raise NotImplementedError("per-layer prompts are implemented for vision backbones")
+        out, added, hidden = self.run_layers(h, layers or {}, keep_hidden=keep_hidden)
+        return Encoded(out, n + added, self.n_prefix, None, hidden)
 
     def query(self, x: Tensor) -> Tensor:
         """Pooled features of a pass without prompts, without gradient."""

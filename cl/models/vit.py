@@ -12,16 +12,18 @@ The adapter repeats grey channels to the ViT's input channels and resizes images
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cl.errors import ConfigError, DataNotFoundError
 from cl.models import CLModel, ModelConfig, make_head, register_model
-from cl.models.prompting import POOLINGS, PromptableBackbone
+from cl.models.prompting import POOLINGS, LayerPrompt, PromptableBackbone
 from cl.streams.base import StreamInfo
 from cl.validation import one_of, positive
 
@@ -82,6 +84,75 @@ class TimmViT(PromptableBackbone):
         if self.n_prefix == 0 or getattr(v, "no_embed_class", False) or v.pos_embed is None:
             return None
         return v.pos_embed[0, 0].detach()
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)  # type: ignore[arg-type]
+
+    def run_layers(
+        self, h: Tensor, layers: Mapping[int, LayerPrompt], *, keep_hidden: bool
+    ) -> tuple[Tensor, int, list[Tensor] | None]:
+        v: Any = self.vit
+        bad = sorted(k for k in layers if not 0 <= k < len(v.blocks))
+        if bad:
+            raise ValueError(f"prompt layers {bad} outside 0..{len(v.blocks) - 1}")
+        hidden: list[Tensor] | None = [] if keep_hidden else None
+        added = 0
+        for k, block in enumerate(v.blocks):
+            lp = layers.get(k)
+            if lp is None:
+                h = block(h)
+            elif lp.style == "prompt":
+                t = lp.tokens if lp.tokens.dim() == 3 else lp.tokens.expand(h.shape[0], -1, -1)
+                added += t.shape[1]
+                h = block(torch.cat([t.to(h.dtype), h], dim=1))
+            else:
+                h = prefix_block(block, h, lp.tokens)
+            if hidden is not None:
+                hidden.append(h)
+        return v.norm(h), added, hidden
+
+
+def prefix_block(block: Any, h: Tensor, prefix: Tensor) -> Tensor:
+    """A timm ``Block`` whose attention also attends to ``prefix`` keys and values.
+
+    Args:
+        block: The block (pre-norm: ``norm1, attn, ls1, drop_path1, norm2, mlp, ls2,
+            drop_path2``).
+        h: Its input ``[B, N, D]``.
+        prefix: ``[B, 2, L, D]`` or ``[2, L, D]``: key and value prefixes.
+    """
+    for attr in ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"):
+        if not hasattr(block, attr):
+            raise ValueError(f"{type(block).__name__} is not a timm ViT block (no {attr})")
+    a = prefix_attention(block.attn, block.norm1(h), prefix)
+    h = h + block.drop_path1(block.ls1(a))
+    return h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+
+
+def prefix_attention(attn: Any, x: Tensor, prefix: Tensor) -> Tensor:
+    """timm ``Attention`` on ``x`` with key/value prefixes (prefix-tuning, Li & Liang 2021)."""
+    b, n, _ = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    if prefix.dim() == 3:
+        prefix = prefix.unsqueeze(0).expand(b, -1, -1, -1)
+    gate = getattr(attn, "gate", None)
+    g = gate(x).sigmoid() if gate is not None else None
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    pre = prefix.to(q.dtype).reshape(b, 2, prefix.shape[2], heads, hd).permute(1, 0, 3, 2, 4)
+    k = torch.cat([pre[0], k], dim=2)
+    v = torch.cat([pre[1], v], dim=2)
+    p = attn.attn_drop.p if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    out = out.transpose(1, 2).reshape(b, n, heads * hd)
+    norm = getattr(attn, "norm", None)
+    if norm is not None:
+        out = norm(out)
+    if g is not None:
+        out = out * g
+    return attn.proj_drop(attn.proj(out))
 
 
 @dataclass

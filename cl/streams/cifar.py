@@ -7,7 +7,7 @@ resizes the 32x32 images to its resolution unless an augmentation already did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,24 @@ CIFAR100: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 @dataclass
 class CIFAR100StreamConfig(SplitStreamConfig):
-    """Split CIFAR-100; ``data_root`` null means ``~/.cache/cl-platform/data``."""
+    """Split CIFAR-100; ``data_root`` null means ``~/.cache/cl-platform/data``.
+
+    Attributes:
+        class_order_numpy_seed: When set (and ``class_order`` is null), the class order is
+            ``numpy.random.RandomState(seed).permutation(100)``, the shuffle of PyCIL, PILOT
+            and RanPAC (``np.random.seed(seed); np.random.permutation(n)``; seed 1993 in their
+            published runs).
+    """
 
     name: str = "split_cifar100"
     n_experiences: int = 10
     normalize: str = "unit"
+    class_order_numpy_seed: int | None = None
+
+
+def numpy_class_order(seed: int, n_classes: int) -> list[int]:
+    """The PyCIL/PILOT class order: numpy's legacy generator seeded with ``seed``."""
+    return [int(c) for c in np.random.RandomState(seed).permutation(n_classes)]
 
 
 def load_cifar100_arrays(data_root: str | None, download: bool, normalize: str = "unit") -> Arrays:
@@ -59,5 +72,7 @@ def load_cifar100_arrays(data_root: str | None, download: bool, normalize: str =
 @register_stream("split_cifar100", CIFAR100StreamConfig)
 def split_cifar100(cfg: CIFAR100StreamConfig) -> Stream:
     """CIFAR-100 split into experiences of classes (default 10 x 10)."""
+    if cfg.class_order is None and cfg.class_order_numpy_seed is not None:
+        cfg = replace(cfg, class_order=numpy_class_order(cfg.class_order_numpy_seed, 100))
     arrays = load_cifar100_arrays(cfg.data_root, cfg.download, cfg.normalize)
     return split_stream(cfg, arrays, 100, (3, 32, 32), stats=CIFAR100)
