@@ -441,10 +441,12 @@ def cli(argv: list[str] | None = None) -> int:
     """
     import hydra
 
+    from cl.plugins import prepare_overrides
     from cl.preflight import preflight
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        argv = prepare_overrides(argv)  # plugins first: their schemas and conf/ folders
         preflight(argv)
     except CLError as e:
         print(f"error: {e}", file=sys.stderr)
