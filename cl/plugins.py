@@ -93,10 +93,12 @@ def saved_plugins(resume: str | None) -> list[str]:
         return []
     path = Path(resume) / ".hydra" / "config.yaml"
     try:
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
         saved = OmegaConf.load(path)
-        return [str(p) for p in (saved.get("plugins") or [])]  # type: ignore[union-attr]
+        if not isinstance(saved, DictConfig):
+            return []
+        return [str(p) for p in (saved.get("plugins") or [])]
     except Exception:  # a missing or broken directory is reported by the resume checks
         return []
 

@@ -245,3 +245,37 @@ def test_plugin_overrides_and_conf_folders(tmp_path):
         tmp_path / "pkg" / "conf",
         tmp_path / "conf",
     ]
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_venv_runs_from_any_folder(tmp_path):
+    """(slow) The wheel carries the configs and the built-in strategies: installed into a fresh
+    virtual environment (its copy shadows any other), ``cl-run`` runs from ``/``."""
+    import shutil
+
+    src = tmp_path / "src"
+    junk = ("outputs", "multirun", "wandb", "build", "dist", ".venv", ".git", "*.egg-info")
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*junk, "__pycache__", ".*_cache"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CL_PLUGINS")}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", PIP_NO_INPUT="1")
+
+    def sh(*cmd: str | Path, cwd: Path = tmp_path) -> str:
+        p = subprocess.run(
+            list(map(str, cmd)), cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert p.returncode == 0, f"{cmd}: {p.stderr[-3000:]}"
+        return p.stdout
+
+    pip = ("-m", "pip", "--disable-pip-version-check")
+    sh(sys.executable, *pip, "wheel", "--no-deps", "--no-build-isolation", "-w", "wheels", src)
+    (wheel,) = (tmp_path / "wheels").glob("cl_platform-*.whl")
+    sh(sys.executable, "-m", "venv", "--system-site-packages", "venv")
+    py, cl_run = tmp_path / "venv" / "bin" / "python", tmp_path / "venv" / "bin" / "cl-run"
+    sh(py, *pip, "install", "--no-deps", "--no-index", wheel)
+    where = sh(py, "-c", "import cl, cl.strategies; print(cl.__file__, cl.strategies.__file__)")
+    assert all(p.startswith(str(tmp_path / "venv")) for p in where.split()), where
+
+    run = tmp_path / "run"
+    sh(cl_run, *SMALL, "strategy=ewc", f"hydra.run.dir={run}", cwd=Path("/"))
+    res = json.loads((run / "results.json").read_text())
+    assert res["run"]["status"] == "complete" and res["config"]["strategy"]["name"] == "ewc"
