@@ -98,8 +98,9 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 def _row(run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"run_dir": str(run_dir)}
     results = run_dir / "results.json"
-    config: dict[str, Any] = {}
     data: dict[str, Any] | None = None
+    problem = "no results.json: the run died before writing it"
+    status = "failed"
     if results.is_file():
         try:
             from cl.reports.runs import check_results
@@ -107,16 +108,11 @@ def _row(run_dir: Path) -> dict[str, Any]:
             data = json.loads(results.read_text())
             check_results(data)
         except (OSError, ValueError, TypeError, AttributeError) as e:
-            row.update(status="unreadable", error=f"results.json: {e}")
-            data = None
-        else:
-            assert data is not None
-            config = dict(data.get("config") or {})
-    else:
-        row.update(status="failed", error="no results.json: the run died before writing it")
-    if data is None:
-        config = _saved_config(run_dir)
+            data, status, problem = None, "unreadable", f"results.json: {e}"
+    config = dict(data.get("config") or {}) if data else _saved_config(run_dir)
     row.update(_summary(data or {}, config))
+    if data is None:
+        row.update(status=status, error=problem)
     row["overrides"] = " ".join(_overrides(run_dir))
     row.update(_flatten(config, "config"))
     return row
