@@ -20,6 +20,7 @@ one gets its dataclass stored as its default config (see :func:`cl.config.regist
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -263,13 +264,69 @@ def _resume_value(overrides: Sequence[str]) -> str | None:
     return None
 
 
+def plugin_versions(cfg: Any) -> dict[str, str]:
+    """Provenance of the user's code a run used: for each top-level package (outside the
+    platform) of its plugins and registered entries, its installed version and, when its
+    source is in a git work tree, the commit (``+modified`` with uncommitted changes).
+
+    Returns:
+        ``{"plugin:<package>": "<version>, git <commit>"}`` (empty when no plugin is used).
+    """
+    names = [str(p) for p in (cfg.get("plugins") or [])] if cfg is not None else []
+    modules = [sys.modules[n] for n in names if n in sys.modules]
+    with contextlib.suppress(Exception):
+        modules += entry_point_plugins()
+    modules += _registering_modules()
+    out: dict[str, str] = {}
+    dists = metadata.packages_distributions()
+    for mod in modules:
+        top = mod.__name__.split(".")[0]
+        if top == "cl" or f"plugin:{top}" in out:
+            continue
+        parts = []
+        for dist in dists.get(top, []):
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                parts.append(f"{dist} {metadata.version(dist)}")
+                break
+        commit = git_commit(Path(getattr(mod, "__file__", "") or ".").parent)
+        if commit:
+            parts.append(f"git {commit}")
+        out[f"plugin:{top}"] = ", ".join(parts) or "unversioned"
+    return out
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit of the git work tree holding ``folder`` (``+modified`` when it has
+    uncommitted changes), or None (not in a work tree, or no git)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(
+                ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    if not folder.is_dir():
+        return None
+    head = git("rev-parse", "--short=12", "HEAD")
+    if not head:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return head + ("+modified" if dirty else "")
+
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ENV_VAR",
     "PluginError",
     "conf_dirs",
+    "git_commit",
     "import_plugin",
     "load_plugins",
     "load_plugins_of",
+    "plugin_versions",
     "prepare_overrides",
 ]

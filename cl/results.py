@@ -39,7 +39,14 @@ from cl.metrics import METRICS
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["METRIC_COLUMNS", "aggregate", "load", "metric_columns", "run_dirs"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "aggregate",
+    "load",
+    "metric_columns",
+    "run_dirs",
+    "saved_config",
+]
 
 # The final metrics, task-agnostic (or the run's protocol) and task-aware.
 METRIC_COLUMNS = (*METRICS, *(f"task_aware/{m}" for m in METRICS))
@@ -109,7 +116,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
             check_results(data)
         except (OSError, ValueError, TypeError, AttributeError) as e:
             data, status, problem = None, "unreadable", f"results.json: {e}"
-    config = dict(data.get("config") or {}) if data else _saved_config(run_dir)
+    config = dict(data.get("config") or {}) if data else saved_config(run_dir)
     row.update(_summary(data or {}, config))
     if data is None:
         row.update(status=status, error=problem)
@@ -184,7 +191,8 @@ def _hashable(v: Any) -> Any:
     return v
 
 
-def _saved_config(run_dir: Path) -> dict[str, Any]:
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The config saved in ``run_dir/.hydra/config.yaml`` as a dict (empty when unreadable)."""
     from omegaconf import OmegaConf
 
     path = run_dir / ".hydra" / "config.yaml"

@@ -82,6 +82,9 @@ def project(tmp_path_factory) -> Path:
     decoy = "raise RuntimeError('the user folder strategies/ was imported')\n"
     (root / "strategies" / "__init__.py").write_text(decoy)
     (root / "strategies" / "naive.py").write_text(decoy)
+    git = ("git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.org")
+    for cmd in (("init", "-q"), ("add", "-A"), ("commit", "-qm", "mine")):
+        subprocess.run([*git, *cmd], check=True, capture_output=True)
     return root
 
 
@@ -114,6 +117,13 @@ def test_plugins_list_runs_the_users_strategy_with_its_yaml(project):
     # The anchor is state beyond the model: the ledger counts it (one copy of every weight).
     n_params = res["per_experience"][0]["model_params"]
     assert res["budget"]["extra_state_bytes"] >= 4 * n_params
+    # Provenance: the commit of the user's repository.
+    head = subprocess.run(
+        ["git", "-C", str(project), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert res["run"]["versions"]["plugin:my_cl"] == f"git {head}"
 
 
 @pytest.fixture(scope="module")

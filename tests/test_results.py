@@ -103,3 +103,55 @@ def test_aggregate_averages_complete_runs_over_seeds_and_counts_the_rest(sweep):
     assert row["n_runs"] == 3 and row["n_incomplete"] == 0  # the failed run: no protocol
     with pytest.raises(KeyError, match="no column nope"):
         results.aggregate(df, by=["nope"])
+
+
+def test_report_of_the_sweep_plots_the_swept_value_marks_the_best_and_shows_failed_runs(
+    sweep, tmp_path
+):
+    from dataclasses import replace
+
+    import matplotlib.pyplot as plt
+
+    from cl.reports.definition import ReportDefinition
+    from cl.reports.render import build_sections, write_report
+    from cl.reports.runs import load_runs
+    from cl.reports.sweep import shared_core_warning, spread_labels, swept_params
+
+    runs = load_runs([str(sweep)])
+    assert sorted(r.state for r in runs) == ["complete"] * 3 + ["failed"] * 2
+    assert swept_params([r for r in runs if r.complete]) == ["train.lr"]
+    (sec,) = build_sections(runs, ReportDefinition())
+    assert "metric_vs_param" in sec.figures
+    best = [row for row in sec.rows if row["best"]]
+    assert len(best) == 1 and best[0]["avg_acc"][0] == max(r["avg_acc"][0] for r in sec.rows)
+    # The failed and the killed run are named in the table's notes and under every figure.
+    assert sorted(r.seed for r in sec.left_out) == [2, 3]
+    runs[0].versions["plugin:my_cl"] = "git 0123abcd"
+    out = write_report(runs, ReportDefinition(), tmp_path / "report")
+    md = out["markdown"].read_text()
+    assert "★" in md and "Not in this table or its figures: naive seed 2 (failed)" in md
+    assert "plugin:my_cl (git 0123abcd)" in md
+    assert (out["figures"] / "split_digits_metric_vs_param.png").stat().st_size > 10_000
+
+    # Parallel jobs on one host with more threads than cores: the timings are flagged.
+    done = [r for r in runs if r.complete]
+    t = ["2026-12-01T10:00:00+00:00", "2026-12-01T10:01:00+00:00", "2026-12-01T10:02:00+00:00"]
+    host = {"host": "h", "cpu_count": "2", "torch_threads": "2"}
+    overlapping = [
+        replace(r, started=t[0], finished=t[2], versions={**r.versions, **host}) for r in done
+    ]
+    warning = shared_core_warning(overlapping)
+    assert warning is not None and "up to 3 runs at once on host h (6 torch threads" in warning
+    alone = [replace(r, started=t[i], finished=t[i + 1]) for i, r in enumerate(overlapping[:2])]
+    assert shared_core_warning(alone) is None
+    roomy = [replace(r, versions={**r.versions, "cpu_count": "64"}) for r in overlapping]
+    assert shared_core_warning(roomy) is None
+
+    # Labels of points at the same place are moved apart until none overlap.
+    fig, ax = plt.subplots()
+    notes = [ax.annotate(f"label {i}", (0.5, 0.5), textcoords="offset points", xytext=(5, 5))
+             for i in range(4)]  # fmt: skip
+    spread_labels(ax, notes)
+    boxes = [n.get_window_extent() for n in notes]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)
