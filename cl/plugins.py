@@ -21,10 +21,11 @@ one gets its dataclass stored as its default config (see :func:`cl.config.regist
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -277,11 +278,14 @@ def plugin_versions(cfg: Any) -> dict[str, str]:
     with contextlib.suppress(Exception):
         modules += entry_point_plugins()
     modules += _registering_modules()
+    modules = [m for m in modules if m.__name__.split(".")[0] != "cl"]
+    if not modules:
+        return {}
     out: dict[str, str] = {}
-    dists = metadata.packages_distributions()
+    dists = _distributions()
     for mod in modules:
         top = mod.__name__.split(".")[0]
-        if top == "cl" or f"plugin:{top}" in out:
+        if f"plugin:{top}" in out:
             continue
         parts = []
         for dist in dists.get(top, []):
@@ -293,6 +297,13 @@ def plugin_versions(cfg: Any) -> dict[str, str]:
             parts.append(f"git {commit}")
         out[f"plugin:{top}"] = ", ".join(parts) or "unversioned"
     return out
+
+
+@functools.cache
+def _distributions() -> Mapping[str, list[str]]:
+    """Top-level import name -> distributions (slow: it reads every installed package's file
+    list, so once per process, and only when a plugin is in use)."""
+    return metadata.packages_distributions()
 
 
 def git_commit(folder: Path) -> str | None:

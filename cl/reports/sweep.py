@@ -118,8 +118,8 @@ def metric_vs_param(groups: list[Group], title: str, left_out: Sequence[Run] = (
         if xs_bad:
             ax.plot(xs_bad, [0.0] * len(xs_bad), "x", color="#c0392b", markersize=8, mew=2,
                     clip_on=False, label="failed/incomplete run")  # fmt: skip
-        values = sorted({param_value(r, param) for r in [*runs, *left_out]} - {None})
-        if values and values[0] > 0 and values[-1] / values[0] >= 100:  # type: ignore[operator]
+        values = sorted(v for r in [*runs, *left_out] if (v := param_value(r, param)) is not None)
+        if values and values[0] > 0 and values[-1] / values[0] >= 100:
             ax.set_xscale("log")
         ax.set_xlabel(param)
         ax.set_ylabel(metric.replace("_", " "))
