@@ -190,11 +190,12 @@ def test_entry_point_sweep_gives_complete_runs_and_results_loads_them(sweep):
 
 def test_contract_kit_reports_every_contract_of_the_users_strategy(project, monkeypatch):
     from cl.strategy import STRATEGIES
-    from cl.testing import CONTRACTS, check_strategy
+    from cl.testing import CONTRACTS, DEFAULT_SETUP, check_strategy
 
     monkeypatch.syspath_prepend(str(project))
     try:
-        report = check_strategy("mine", extra=["plugins=[my_cl.mine]"], verbose=False)
+        small = (*DEFAULT_SETUP, "stream.max_train_per_experience=60")
+        report = check_strategy("mine", setup=small, extra=["plugins=[my_cl.mine]"], verbose=False)
         assert [r.name for r in report.results] == list(CONTRACTS)
         assert report.passed, str(report)
         assert "PASS  resume_inside_experience" in str(report)
@@ -202,7 +203,7 @@ def test_contract_kit_reports_every_contract_of_the_users_strategy(project, monk
         # A broken ledger (the anchor not counted) is reported as that contract failing.
         mine = STRATEGIES.get("mine").builder
         monkeypatch.setattr(mine, "extra_state_bytes", lambda self: 0)
-        broken = check_strategy(mine, resume=False, verbose=False)
+        broken = check_strategy(mine, setup=small, resume=False, verbose=False)
         assert [r.name for r in broken.failures()] == ["ledger_complete"]
         assert "extra_state_bytes 0 <" in broken["ledger_complete"].detail
         with pytest.raises(AssertionError, match="FAIL  ledger_complete"):

@@ -120,14 +120,15 @@ def test_report_of_the_sweep_plots_the_swept_value_marks_the_best_and_shows_fail
     runs = load_runs([str(sweep)])
     assert sorted(r.state for r in runs) == ["complete"] * 3 + ["failed"] * 2
     assert swept_params([r for r in runs if r.complete]) == ["train.lr"]
-    (sec,) = build_sections(runs, ReportDefinition())
+    defn = ReportDefinition(panels=["metrics_table", "metric_vs_param", "provenance"])
+    (sec,) = build_sections(runs, defn)
     assert "metric_vs_param" in sec.figures
     best = [row for row in sec.rows if row["best"]]
     assert len(best) == 1 and best[0]["avg_acc"][0] == max(r["avg_acc"][0] for r in sec.rows)
     # The failed and the killed run are named in the table's notes and under every figure.
     assert sorted(r.seed for r in sec.left_out) == [2, 3]
     runs[0].versions["plugin:my_cl"] = "git 0123abcd"
-    out = write_report(runs, ReportDefinition(), tmp_path / "report")
+    out = write_report(runs, defn, tmp_path / "report")
     md = out["markdown"].read_text()
     assert "★" in md and "Not in this table or its figures: naive seed 2 (failed)" in md
     assert "plugin:my_cl (git 0123abcd)" in md
