@@ -102,6 +102,8 @@ class RunConfig:
         allow_task_oracle: Let a strategy that needs task ids at test time run on a class_il
             or domain_il stream; its results are labelled ``task_aware`` (never ranked beside
             task-agnostic ones). Without it such a run is refused.
+        plugins: Modules to import before the config is composed (they register strategies,
+            streams and models; see :mod:`cl.plugins`).
     """
 
     stream: Any = MISSING
@@ -116,6 +118,7 @@ class RunConfig:
     resume: str | None = None
     name: str | None = None
     allow_task_oracle: bool = False
+    plugins: list[str] = field(default_factory=list)
 
 
 def _run_dir(resume: str | None, default: str) -> str:
@@ -129,9 +132,13 @@ CONF_DIR = _PKG_CONF if _PKG_CONF.is_dir() else Path(__file__).resolve().parent.
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The run config composed in-process (tests, benchmarks), as ``cl-run`` would."""
+    """The run config composed in-process (tests, benchmarks), as ``cl-run`` would (plugins
+    named by ``plugins=``, ``CL_PLUGINS`` or entry points imported first)."""
     from hydra import compose, initialize_config_dir
 
+    from cl.plugins import prepare_overrides
+
+    overrides = prepare_overrides(overrides)
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
@@ -143,7 +150,12 @@ def register_resolvers() -> None:
 
 
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    """Put every schema in Hydra's ConfigStore (idempotent).
+
+    Each registered stream, model and strategy is stored as ``/schema/<group>/<name>``; one
+    without a yaml of its own (in ``conf/<group>/`` or its plugin's ``conf/``) is also stored
+    as the ``<group>=<name>`` choice itself, its dataclass being its default config.
+    """
     from cl.models import MODELS, load_builtin_models
     from cl.strategy import STRATEGIES, load_builtin_strategies
     from cl.streams import STREAMS, load_builtin_streams
@@ -154,23 +166,39 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     _store(cs, None, "run_schema", RunConfig)
     _store(cs, "schema/logger", "base", LoggerConfig)
-    for e in STREAMS.entries():
-        _store(cs, "schema/stream", e.name, e.config_cls)
-    for e in MODELS.entries():
-        _store(cs, "schema/model", e.name, e.config_cls)
-    for e in STRATEGIES.entries():
-        _store(cs, "schema/strategy", e.name, e.config_cls)
+    for group, registry in (("stream", STREAMS), ("model", MODELS), ("strategy", STRATEGIES)):
+        for e in registry.entries():
+            _store(cs, f"schema/{group}", e.name, e.config_cls)
+            if not _has_yaml(group, e):
+                _store(cs, group, e.name, e.config_cls, name_field=e.name)
     register_resolvers()
 
 
-def _store(cs: ConfigStore, group: str | None, name: str, cls: type) -> None:
-    """Store ``cls``'s schema unless that very class is stored there already (storing converts
-    the dataclass, which makes repeated in-process runs slow)."""
+def _has_yaml(group: str, entry: Any) -> bool:
+    """A ``<group>/<name>.yaml`` exists in the platform's conf/ or in a plugin's of ``entry``."""
+    from cl.plugins import conf_dirs
+
+    dirs = [CONF_DIR]
+    for obj in (entry.builder, entry.config_cls):
+        dirs += conf_dirs(getattr(obj, "__module__", ""))
+    return any((d / group / f"{entry.name}.yaml").is_file() for d in dirs)
+
+
+def _store(
+    cs: ConfigStore, group: str | None, name: str, cls: type, name_field: str | None = None
+) -> None:
+    """Store ``cls``'s schema (with its ``name`` field set to ``name_field``, if given) unless
+    that very class is stored there already (storing converts the dataclass, which makes
+    repeated in-process runs slow)."""
     path = f"{group}/{name}.yaml" if group else f"{name}.yaml"
     with contextlib.suppress(Exception):  # not stored yet
         if OmegaConf.get_type(cs.load(path).node) is cls:
             return
-    cs.store(group=group, name=name, node=cls)
+    node: Any = cls
+    if name_field is not None:
+        node = OmegaConf.structured(cls)
+        node.name = name_field
+    cs.store(group=group, name=name, node=node)
 
 
 def to_dataclass(node: Any, cls: type, where: str) -> Any:
@@ -218,8 +246,11 @@ class Built:
 def build(cfg: DictConfig) -> Built:
     """Config -> (stream, model, strategy). The single place where configs become objects."""
     from cl.models import MODELS, load_builtin_models
+    from cl.plugins import load_plugins_of
     from cl.strategy import get_strategy
     from cl.streams import STREAMS, load_builtin_streams
+
+    load_plugins_of(cfg)  # a sweep job in a fresh process, a resumed run
 
     load_builtin_streams()
     load_builtin_models()
@@ -261,9 +292,11 @@ def validate_config(cfg: DictConfig) -> None:
     """Every check of :func:`build` that needs no data: the train, logger, stream, strategy and
     model configs and the device (run before Hydra creates the run directory)."""
     from cl.models import MODELS
+    from cl.plugins import load_plugins_of
     from cl.strategy import get_strategy
     from cl.streams import STREAMS
 
+    load_plugins_of(cfg)
     to_dataclass(cfg.train, TrainConfig, "train")
     resolve_device(str(cfg.device))
     to_dataclass(cfg.logger, LoggerConfig, "logger")

@@ -72,11 +72,18 @@ def _kill_hook(i: int, on_step: Any) -> Any:
     return step
 
 
-def _versions() -> dict[str, str]:
+def _versions(cfg: DictConfig | None = None) -> dict[str, str]:
+    """Package versions, the user's plugin packages (version, git commit), and the host's
+    cores and torch threads (reports warn when parallel jobs shared them)."""
+    from cl.plugins import plugin_versions
+
     out = {"python": platform.python_version()}
     for pkg in ("cl-platform", "torch", "torchvision", "avalanche-lib", "hydra-core", "wandb"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
+    out.update(plugin_versions(cfg))
+    out.update(host=platform.node(), cpu_count=str(os.cpu_count() or ""))
+    out["torch_threads"] = str(torch.get_num_threads())
     return out
 
 
@@ -254,7 +261,7 @@ def _run_body(
                 "has_task_ids": stream.has_task_ids,
             },
             scenario=stream.scenario,
-            versions=_versions(),
+            versions=_versions(cfg),
             evaluation=protocol(strategy, stream.scenario),
         )
         if resumed:  # died before its first checkpoint: keep the W&B run going
@@ -423,7 +430,7 @@ def _job_failed(cfg: DictConfig, run_dir: Path, e: Exception) -> float:
             config=config,  # type: ignore[arg-type]
             stream={"name": str(cfg.stream.name), "scenario": cfg.stream.get("scenario")},
             scenario=str(cfg.stream.get("scenario")),
-            versions=_versions(),
+            versions=_versions(cfg),
             status="failed",
             finished=now_iso(),
             error=f"{type(e).__name__}: {e}",
@@ -441,10 +448,12 @@ def cli(argv: list[str] | None = None) -> int:
     """
     import hydra
 
+    from cl.plugins import prepare_overrides
     from cl.preflight import preflight
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        argv = prepare_overrides(argv)  # plugins first: their schemas and conf/ folders
         preflight(argv)
     except CLError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ Each check builds a small run from config overrides (the strategy's own
 - :func:`check_state_round_trip`: a fresh strategy loaded with ``state_dict()`` predicts alike.
 - :func:`check_resume`: a run killed after an experience, or at a step inside one, and resumed
   from its checkpoint gives the identical accuracy matrix and losses as an uninterrupted run.
+- :func:`check_strategy`: all of them on one strategy (yours), reported contract by contract.
 
 The run-level checks use the testing hooks of :mod:`cl.run` (``CL_KILL_AFTER_EXPERIENCE`` and
 ``CL_KILL_AT_STEP``, here in their in-process ``:raise`` form).
@@ -27,11 +28,16 @@ Example (in a pytest file)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import tempfile
+import time
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cl.budget import count_parameters, state_extra_bytes
+from cl.errors import reason
 
 # The small setup of a strategy that declares none: split_digits with the default MLP, shrunk.
 DEFAULT_SETUP: tuple[str, ...] = (
@@ -101,7 +108,36 @@ def check_trains(cfg: DictConfig, *, n_experiences: int = 2) -> Any:
     Returns:
         The built run (``cl.config.Built``) after training.
     """
+    built, failures = train_contracts(cfg, n_experiences=n_experiences)
+    for msg in failures.values():  # the first failure, as it happened
+        raise AssertionError(msg)
+    return built
+
+
+# The contracts of :func:`train_contracts`, in the order they are checked.
+TRAIN_CONTRACTS = ("trains", "finite_loss", "frozen_params_frozen", "ledger_complete")
+
+
+def train_contracts(cfg: DictConfig, *, n_experiences: int = 2) -> tuple[Any, dict[str, str]]:
+    """Train the first experiences in-process and check each of :data:`TRAIN_CONTRACTS`.
+
+    ``trains``: steps ran on every experience and a trained model parameter changed.
+    ``finite_loss``: every experience's final loss is finite. ``frozen_params_frozen``: model
+    parameters the optimizer does not update stay bit-identical. ``ledger_complete``:
+    ``trainable_params`` is what the optimizer updates and ``extra_state_bytes()`` covers every
+    tensor of ``state_dict()`` beyond the model's own.
+
+    Returns:
+        The built run after training, and the broken contracts (each -> the message of its
+        first failure), in the order they failed.
+    """
     from cl.config import build
+
+    fail: dict[str, str] = {}
+
+    def note(contract: str, ok: bool, msg: str) -> None:
+        if not ok and contract not in fail:
+            fail[contract] = msg
 
     built = build(cfg)
     strat = built.strategy
@@ -109,30 +145,36 @@ def check_trains(cfg: DictConfig, *, n_experiences: int = 2) -> Any:
     trained: set[int] = set()
     for exp in list(built.stream)[:n_experiences]:
         stats = strat.train_experience(exp)
-        assert stats.steps > 0, f"{strat.name}: no training step on experience {exp.index}"
-        assert math.isfinite(stats.final_loss), f"{strat.name}: loss {stats.final_loss}"
+        note("trains", stats.steps > 0, f"{strat.name}: no training step on experience {exp.index}")
+        loss = stats.final_loss
+        note("finite_loss", math.isfinite(loss), f"{strat.name}: loss {loss}")
         params = [p for p in strat.trainable_parameters() if p.requires_grad]
         trained |= {id(p) for p in params}
-        assert stats.trainable_params == count_parameters(params), (
+        note(
+            "ledger_complete",
+            stats.trainable_params == count_parameters(params),
             f"{strat.name}: trainable_params {stats.trainable_params} != "
-            f"{count_parameters(params)} elements the optimizer updates"
+            f"{count_parameters(params)} elements the optimizer updates",
         )
         floor = ledger_floor(strat)
-        assert strat.extra_state_bytes() >= floor, (
+        note(
+            "ledger_complete",
+            strat.extra_state_bytes() >= floor,
             f"{strat.name}: extra_state_bytes {strat.extra_state_bytes()} < {floor} bytes of "
-            "tensors in state_dict() beyond the model's own"
+            "tensors in state_dict() beyond the model's own",
         )
     changed = False
     for n, p in strat.model.named_parameters():
         if n not in before:
             continue
         if id(p) not in trained:
-            assert torch.equal(p, before[n]), f"{strat.name}: frozen parameter {n} changed"
+            ok = torch.equal(p, before[n])
+            note("frozen_params_frozen", ok, f"{strat.name}: frozen parameter {n} changed")
         elif not torch.equal(p, before[n]):
             changed = True
     in_model = any(id(p) in trained for p in strat.model.parameters())
-    assert changed or not in_model, f"{strat.name}: no trained model parameter changed"
-    return built
+    note("trains", changed or not in_model, f"{strat.name}: no trained model parameter changed")
+    return built, fail
 
 
 def check_state_round_trip(cfg: DictConfig) -> None:
@@ -231,3 +273,190 @@ def check_resume(
     losses = [p["final_loss"] for p in rec.per_experience]
     assert losses == [p["final_loss"] for p in reference.per_experience], where
     return rec
+
+
+# Every contract :func:`check_strategy` reports, in order.
+CONTRACTS = (
+    *TRAIN_CONTRACTS,
+    "state_round_trip",
+    "resume_after_experience",
+    "resume_inside_experience",
+)
+
+
+@dataclass
+class ContractResult:
+    """The outcome of one contract.
+
+    Attributes:
+        name: The contract (one of :data:`CONTRACTS`).
+        passed: Whether it holds.
+        detail: Why it failed (empty when it passed).
+        seconds: Wall time of the check it was part of.
+    """
+
+    name: str
+    passed: bool
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class ContractReport:
+    """Per-contract results of :func:`check_strategy`; ``str()`` is a readable table."""
+
+    strategy: str
+    results: list[ContractResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def failures(self) -> list[ContractResult]:
+        return [r for r in self.results if not r.passed]
+
+    def __getitem__(self, contract: str) -> ContractResult:
+        for r in self.results:
+            if r.name == contract:
+                return r
+        raise KeyError(contract)
+
+    def __str__(self) -> str:
+        width = max(len(c) for c in CONTRACTS)
+        lines = [f"contracts of strategy {self.strategy!r}:"]
+        for r in self.results:
+            mark = "PASS" if r.passed else "FAIL"
+            detail = f"  {r.detail}" if r.detail else ""
+            lines.append(f"  {mark}  {r.name:<{width}}  {r.seconds:6.1f} s{detail}")
+        n_fail = len(self.failures())
+        lines.append("all contracts hold" if not n_fail else f"{n_fail} contract(s) broken")
+        return "\n".join(lines)
+
+    def assert_passed(self) -> None:
+        """Raise ``AssertionError`` with the report when a contract is broken."""
+        if not self.passed:
+            raise AssertionError(str(self))
+
+
+def check_strategy(
+    strategy: str | type,
+    *,
+    setup: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+    workdir: Path | str | None = None,
+    resume: bool = True,
+    verbose: bool = True,
+) -> ContractReport:
+    """Run every contract on one strategy and report each (nothing raised for a broken one).
+
+    The contracts: it trains, its loss stays finite, frozen parameters stay bit-identical, the
+    ledger is complete (:func:`train_contracts`), its state round-trips
+    (:func:`check_state_round_trip`), and a run killed after an experience, or at a step inside
+    one, resumes to the identical accuracy matrix (:func:`check_resume`).
+
+    Args:
+        strategy: A registered strategy class or its name.
+        setup: Overrides of the small run to check on (default: the strategy's
+            ``test_setup``, else :data:`DEFAULT_SETUP`: 3 small experiences of split_digits).
+        extra: More overrides (e.g. ``plugins=[my_pkg.mine]`` to import the strategy, or
+            ``strategy.my_param=0.5``).
+        workdir: Where the resume runs write (default: a temporary folder, removed after).
+        resume: Also run the two resume contracts (the slowest part).
+        verbose: Print the report.
+
+    Returns:
+        The report; ``report.passed`` says whether every contract holds and
+        ``report.assert_passed()`` fails a test with the whole table.
+
+    Example::
+
+        from cl.testing import check_strategy
+
+        def test_my_strategy_keeps_the_contracts():
+            check_strategy("mine", extra=["plugins=[my_pkg.mine]"]).assert_passed()
+    """
+    from cl.plugins import load_plugins, override_plugins
+    from cl.strategy import get_strategy
+
+    load_plugins(override_plugins(list(extra)))
+    if isinstance(strategy, str):
+        name = strategy
+    else:
+        name = str(getattr(strategy, "name", ""))
+        if not name or get_strategy(name) is not strategy:
+            raise ValueError(f"{strategy.__name__} is not registered: decorate it with "
+                             "@register_strategy(name) first")  # fmt: skip
+    own = get_strategy(name).test_setup
+    overrides = [*QUIET, f"strategy={name}", *(setup or own or DEFAULT_SETUP), *extra]
+    cfg = compose(overrides)
+    report = ContractReport(strategy=name)
+
+    def record(contracts: Sequence[str], started: float, failures: dict[str, str]) -> None:
+        took = time.perf_counter() - started
+        for c in contracts:
+            msg = failures.get(c)
+            report.results.append(ContractResult(c, msg is None, msg or "", took))
+
+    t0 = time.perf_counter()
+    try:
+        _, failures = train_contracts(cfg)
+    except Exception as e:
+        failures = dict.fromkeys(TRAIN_CONTRACTS, _why(e))
+    record(TRAIN_CONTRACTS, t0, failures)
+
+    t0 = time.perf_counter()
+    record(["state_round_trip"], t0, _failure("state_round_trip", check_state_round_trip, cfg))
+
+    if resume:
+        with contextlib.ExitStack() as stack:
+            root = Path(workdir) if workdir else Path(stack.enter_context(_tempdir()))
+            _resume_contracts(cfg, root, record)
+    if verbose:
+        print(report)
+    return report
+
+
+def _resume_contracts(cfg: DictConfig, root: Path, record: Any) -> None:
+    """The two resume contracts, against one uninterrupted reference run."""
+    names = ["resume_after_experience", "resume_inside_experience"]
+    t0 = time.perf_counter()
+    try:
+        ref = run_uninterrupted(cfg, root / "reference")
+    except Exception as e:
+        record(names, t0, dict.fromkeys(names, f"the uninterrupted run failed: {_why(e)}"))
+        return
+    n = len(ref.acc_matrix)
+    t0 = time.perf_counter()
+    after = max(0, min(1, n - 2))
+    record(
+        names[:1],
+        t0,
+        _failure(names[0], check_resume, cfg, root / "kill_after", reference=ref, kill_after=after),
+    )
+    t0 = time.perf_counter()
+    step = random_kill_step(ref, seed=zlib.crc32(str(cfg.strategy.name).encode()))
+    record(
+        names[1:],
+        t0,
+        _failure(names[1], check_resume, cfg, root / "kill_step", reference=ref, kill_step=step),
+    )
+
+
+def _failure(contract: str, check: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
+    try:
+        check(*args, **kwargs)
+    except Exception as e:
+        return {contract: _why(e)}
+    return {}
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, AssertionError):
+        return str(e).splitlines()[0] if str(e) else "assertion failed"
+    return f"{type(e).__name__}: {reason(e)}"
+
+
+@contextmanager
+def _tempdir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="cl-contracts-") as d:
+        yield d

@@ -18,6 +18,7 @@ from cl.reports.aggregate import Group, group_runs, summary_row
 from cl.reports.definition import ReportDefinition
 from cl.reports.figures import FIGURES
 from cl.reports.runs import METRICS, Run
+from cl.reports.sweep import best_group, shared_core_warning
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
@@ -33,6 +34,7 @@ tr.failed td{background:#fdeeee}tr.incomplete td{background:#fff7e0}
 .badge.incomplete{background:#c98a12}
 figure{margin:.8rem 0 1.6rem}figure img{max-width:100%;height:auto;border:1px solid #e3e7ee}
 figcaption{color:#5b6475;font-size:.85rem}
+.warning{background:#fff7e0;border-left:4px solid #c98a12;padding:.4rem .7rem}
 details{margin:.2rem 0}pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;font-size:.8rem}
 """
 
@@ -53,6 +55,7 @@ class Section:
     rows: list[dict[str, Any]]
     figures: dict[str, bytes] = field(default_factory=dict)
     evaluation: str = "task_agnostic"
+    left_out: list[Run] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -70,7 +73,13 @@ class Section:
             for r in g.runs:
                 why.update(r.undefined)
         out = [PROTOCOL_NOTE.get(self.evaluation, f"Evaluation: {self.evaluation}.")]
-        return out + [f"{k} is null: {reason}." for k, reason in sorted(why.items())]
+        out += [f"{k} is null: {reason}." for k, reason in sorted(why.items())]
+        if any(r.get("best") for r in self.rows):
+            out.append("★ marks the best configuration (highest mean final average accuracy).")
+        if self.left_out:
+            names = ", ".join(f"{r.strategy} seed {r.seed} ({r.state})" for r in self.left_out)
+            out.append(f"Not in this table or its figures: {names} (see the failed runs).")
+        return out
 
 
 def slug(text: str) -> str:
@@ -108,7 +117,7 @@ TABLE_COLS = ["strategy", "runs", *METRICS, "extra memory", "train s", "trainabl
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     return [
-        row["label"],
+        row["label"] + (" ★" if row.get("best") else ""),
         str(len(row["seeds"])),
         *(fmt(row[m]) for m in METRICS),
         fmt_bytes(row["extra_state_bytes"]),
@@ -126,9 +135,17 @@ def build_sections(runs: list[Run], defn: ReportDefinition) -> list[Section]:
     for stream, evaluation in sorted({(g.stream, g.evaluation) for g in groups}):
         gs = [g for g in groups if (g.stream, g.evaluation) == (stream, evaluation)]
         sec = Section(stream, gs, [summary_row(g) for g in gs], evaluation=evaluation)
+        best = best_group(gs)
+        for g, row in zip(gs, sec.rows, strict=True):
+            row["best"] = len(gs) > 1 and g is best
+        sec.left_out = [
+            r for r in runs if not r.complete and (r.stream, r.evaluation) == (stream, evaluation)
+        ]
         for name, (heading, draw) in FIGURES.items():
             if name in defn.panels:
-                sec.figures[name] = draw(gs, f"{heading} — {sec.title}")
+                png = draw(gs, f"{heading} — {sec.title}", sec.left_out)
+                if png is not None:
+                    sec.figures[name] = png
         sections.append(sec)
     return sections
 
@@ -143,8 +160,11 @@ def _duration(r: Run) -> str:
 
 
 def _versions(r: Run) -> str:
+    """Package versions, and the user's plugin packages (version, git commit)."""
     keep = ("python", "torch", "cl-platform", "avalanche-lib", "hydra-core", "wandb")
-    return ", ".join(f"{k} {r.versions[k]}" for k in keep if k in r.versions)
+    out = [f"{k} {r.versions[k]}" for k in keep if k in r.versions]
+    out += [f"{k} ({v})" for k, v in sorted(r.versions.items()) if k.startswith("plugin:")]
+    return ", ".join(out)
 
 
 def render_markdown(
@@ -155,6 +175,8 @@ def render_markdown(
     if defn.description:
         out += [defn.description, ""]
     out += [_counts(runs), ""]
+    if (warning := shared_core_warning(runs)) is not None:
+        out += [f"**Warning:** {warning}", ""]
     for sec in sections:
         out += [f"## {sec.title}", ""]
         if "metrics_table" in defn.panels:
@@ -224,6 +246,8 @@ def render_html(defn: ReportDefinition, runs: list[Run], sections: list[Section]
     if defn.description:
         body.append(f"<p>{e(defn.description)}</p>")
     body.append(f'<p class="meta">{e(_counts(runs))}</p>')
+    if (warning := shared_core_warning(runs)) is not None:
+        body.append(f'<p class="warning"><strong>Warning:</strong> {e(warning)}</p>')
     for sec in sections:
         body.append(f'<h2 id="{slug(sec.key)}">{e(sec.title)}</h2>')
         if "metrics_table" in defn.panels:
@@ -298,6 +322,8 @@ def _caption(name: str) -> str:
         "matrices, teachers, prompts): compare methods at equal memory.",
         "time_per_experience": "Training time of each experience, mean ± std over seeds "
         "(evaluation excluded).",
+        "metric_vs_param": "Mean ± std over seeds at each value of a swept hyperparameter; "
+        "the star marks the best configuration, red crosses failed or incomplete runs.",
     }[name]
 
 
@@ -326,6 +352,7 @@ def write_report(runs: list[Run], defn: ReportDefinition, out_dir: Path) -> dict
                     {"source": r.source, "name": r.name, "state": r.state, "error": r.error}
                     for r in runs
                 ],
+                "warnings": [w for w in [shared_core_warning(runs)] if w],
             },
             indent=2,
             default=str,

@@ -181,7 +181,8 @@ def run_from_results(data: dict[str, Any], source: str, overrides: list[str]) ->
 
 
 def load_runs(paths: list[str]) -> list[Run]:
-    """Every run whose ``results.json`` is under ``paths`` (unreadable files are skipped)."""
+    """Every run whose ``results.json`` is under ``paths`` (unreadable files are skipped), and
+    as failed runs the run directories that have a ``.hydra/config.yaml`` but no results."""
     runs = []
     for f in find_results(paths):
         try:
@@ -190,7 +191,24 @@ def load_runs(paths: list[str]) -> list[Run]:
             runs.append(run_from_results(data, str(f), _overrides(f.parent)))
         except (OSError, ValueError, TypeError, AttributeError) as e:
             print(f"warning: skipping {f}: {reason(e)}", file=sys.stderr)
-    return runs
+    return runs + _runs_without_results(paths)
+
+
+def _runs_without_results(paths: list[str]) -> list[Run]:
+    from cl.results import run_dirs, saved_config
+
+    dirs = [p for spec in paths for p in (glob.glob(spec) if glob.has_magic(spec) else [spec])]
+    out = []
+    for d in run_dirs([p for p in dirs if Path(p).is_dir()]):
+        if (d / "results.json").exists():
+            continue
+        config = saved_config(d)
+        data = {"run": {"seed": config.get("seed"), "status": "failed"}, "config": config}
+        data["run"]["error"] = "no results.json: the run died before writing it"
+        data["run"]["name"] = config.get("name") or d.name
+        data["stream"] = {"name": (config.get("stream") or {}).get("name")}
+        out.append(run_from_results(data, str(d), _overrides(d)))
+    return out
 
 
 def check_results(data: Any) -> None:
