@@ -107,6 +107,7 @@ class EWC(Strategy[EWCConfig]):
     """
 
     config_cls = EWCConfig
+    modalities = ("vision", "text", "text2text")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -54,6 +54,7 @@ class LwF(Strategy[LwFConfig]):
     """Knowledge distillation from a frozen copy of the model taken after each experience."""
 
     config_cls = LwFConfig
+    modalities = ("vision", "text", "text2text")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

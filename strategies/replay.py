@@ -53,6 +53,7 @@ class Replay(Strategy[ReplayConfig]):
     """Replay from a buffer filled after each experience and kept on the device."""
 
     config_cls = ReplayConfig
+    modalities = ("vision", "text", "text2text")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
