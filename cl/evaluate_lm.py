@@ -55,7 +55,7 @@ def rank_accuracy(strategy: Any, data: TextTaskData, *, batch_size: int, task_aw
     """Fraction of examples whose gold label has the highest log-likelihood."""
     assert data.choices is not None and data.gold is not None, "rank needs choices and gold"
     choices = data.choices
-    k, lt = choices.shape
+    k, _lt = choices.shape
     lp = prompt_width(data)
     valid = choices != -100
     tgt_ids = choices.masked_fill(~valid, data.pad_id)

@@ -122,6 +122,11 @@ class EWC(Strategy[EWCConfig]):
                 "strategy.penalty_step=implicit needs train.lr_schedule=constant and "
                 "train.warmup_steps=0"
             )
+        if self.context.stream.modality == "text2text" and c.estimator != "batched":
+            raise ConfigError(
+                "ewc on a language model needs strategy.estimator=batched (per-sample Fishers "
+                f"over the vocabulary are not supported), got {c.estimator!r}"
+            )
         self.importance: dict[str, Tensor] = {}  # A: summed (or decayed) Fisher
         self.anchor: dict[str, Tensor] = {}  # m: Fisher-weighted mean of the anchors
         self._terms: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None

@@ -206,7 +206,7 @@ def random_hf_config(cfg: LMConfig, kind: str, vocab_size: int) -> Any:
         )
     from transformers import T5Config
 
-    return T5Config(
+    t5: dict[str, Any] = dict(
         vocab_size=vocab_size,
         d_model=cfg.hidden_size,
         d_kv=cfg.hidden_size // cfg.num_heads,
@@ -220,6 +220,7 @@ def random_hf_config(cfg: LMConfig, kind: str, vocab_size: int) -> Any:
         eos_token_id=EOS_ID,
         decoder_start_token_id=PAD_ID,
     )
+    return T5Config(**t5)
 
 
 def load_hf_lm(cfg: LMConfig, kind: str, info: StreamInfo) -> Any:
@@ -243,7 +244,7 @@ def load_hf_lm(cfg: LMConfig, kind: str, info: StreamInfo) -> Any:
             f"cannot load the language model {cfg.path!r} ({reason(e)}); give a local model "
             "folder as model.path, or a hub name while online"
         ) from None
-    n_vocab = model.get_input_embeddings().num_embeddings
+    n_vocab = int(model.get_input_embeddings().weight.shape[0])
     if n_vocab < info.n_classes:
         raise ConfigError(
             f"model {cfg.path!r} has {n_vocab} token embeddings but the stream's tokenizer has "

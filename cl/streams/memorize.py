@@ -75,9 +75,8 @@ def memorize(cfg: MemorizeConfig) -> Stream:
     values = random_strings(total, cfg.value_len, gen)
     tasks = []
     for i in range(cfg.n_experiences):
-        pairs = [(f"{k}=", v) for k, v in zip(keys[i * cfg.size :], values[i * cfg.size :])][
-            : cfg.size
-        ]
+        sl = slice(i * cfg.size, (i + 1) * cfg.size)
+        pairs = [(f"{k}=", v) for k, v in zip(keys[sl], values[sl], strict=True)]
         tasks.append(TextTask(name=f"memorize{i}", instruction="", train=pairs, test=pairs))
     return build_text2text_stream(
         cfg.name,

@@ -192,10 +192,10 @@ class Encoder:
             return ids[-self.max_prompt_len :]
         h, b, t = self.tok.encode(head), self.tok.encode(body), self.tok.encode(tail)
         room = max(self.max_prompt_len - 1 - len(h) - len(t), 0)
-        return ([self.tok.bos_id] + h + b[:room] + t)[-self.max_prompt_len :]
+        return ([self.tok.bos_id, *h, *b[:room], *t])[-self.max_prompt_len :]
 
     def target(self, text: str) -> list[int]:
-        return self.tok.encode(text)[: self.max_target_len - 1] + [self.tok.eos_id]
+        return [*self.tok.encode(text)[: self.max_target_len - 1], self.tok.eos_id]
 
 
 def _pack(prompts: list[list[int]], targets: list[list[int]], lp: int, lt: int, pad: int) -> Tensor:
@@ -315,7 +315,7 @@ INSTRUCTIONS: dict[str, str] = {
 
 
 def verbalise(label: str) -> str:
-    """A class name as answer text (``sci.space`` stays, ``not_entailment`` -> ``not entailment``)."""
+    """A class name as answer text (``not_entailment`` -> ``not entailment``)."""
     return label.replace("_", " ")
 
 
