@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.models import CLModel, ModelConfig, register_model
 from cl.streams.base import StreamInfo
-from cl.validation import one_of, positive
+from cl.validation import affordable, one_of, positive
 
 RANDOM_CONFIGS = {"causal": ("tiny_llama",), "seq2seq": ("tiny_t5",)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -223,6 +223,14 @@ def random_hf_config(cfg: LMConfig, kind: str, vocab_size: int) -> Any:
     return T5Config(**t5)
 
 
+def estimated_params(cfg: LMConfig, kind: str, vocab_size: int) -> int:
+    """Parameters of a random config, from its widths (before anything is allocated)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    layer = 4 * h * h + 3 * h * i  # attention and gated feed-forward (an upper bound)
+    layers = cfg.num_layers * (layer if kind == "causal" else 2 * layer + 4 * h * h)
+    return vocab_size * h * (1 if cfg.tie_embeddings else 2) + layers
+
+
 def load_hf_lm(cfg: LMConfig, kind: str, info: StreamInfo) -> Any:
     """The Hugging Face model of ``cfg``: pretrained from ``path`` or random from ``config``."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -231,6 +239,11 @@ def load_hf_lm(cfg: LMConfig, kind: str, info: StreamInfo) -> Any:
     dtype = DTYPES[cfg.dtype]
     if cfg.config is not None:
         conf = random_hf_config(cfg, kind, info.n_classes)
+        affordable(
+            estimated_params(cfg, kind, info.n_classes),
+            f"model.hidden_size={cfg.hidden_size} model.intermediate_size="
+            f"{cfg.intermediate_size} model.num_layers={cfg.num_layers}",
+        )
         conf._attn_implementation = cfg.attn_implementation
         return auto.from_config(conf, dtype=dtype)
     if not cfg.path:
@@ -244,7 +257,8 @@ def load_hf_lm(cfg: LMConfig, kind: str, info: StreamInfo) -> Any:
             f"cannot load the language model {cfg.path!r} ({reason(e)}); give a local model "
             "folder as model.path, or a hub name while online"
         ) from None
-    n_vocab = int(model.get_input_embeddings().weight.shape[0])
+    emb: Any = model.get_input_embeddings()
+    n_vocab = int(emb.weight.shape[0])
     if n_vocab < info.n_classes:
         raise ConfigError(
             f"model {cfg.path!r} has {n_vocab} token embeddings but the stream's tokenizer has "
