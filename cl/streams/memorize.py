@@ -36,6 +36,8 @@ class MemorizeConfig:
         tokenizer: ``byte`` or a tokenizer path (see ``text2text_offline``).
         max_new_tokens: Tokens generated per key (null: the target width).
         task_labels: Task ids available at test time.
+        max_train_per_experience: Cap on the pairs of an experience (``debug=fast``).
+        max_test_per_experience: Cap on the pairs tested per experience (the first ones).
     """
 
     name: str = "memorize"
@@ -47,9 +49,12 @@ class MemorizeConfig:
     tokenizer: str = "byte"
     max_new_tokens: int | None = None
     task_labels: bool = False
+    max_train_per_experience: int | None = None
+    max_test_per_experience: int | None = None
 
     def validate(self) -> None:
         positive("stream", self, "n_experiences", "size", "key_len", "value_len", "max_new_tokens")
+        positive("stream", self, "max_train_per_experience", "max_test_per_experience")
 
 
 def random_strings(n: int, length: int, gen: torch.Generator) -> list[str]:
@@ -60,7 +65,8 @@ def random_strings(n: int, length: int, gen: torch.Generator) -> list[str]:
 @register_stream("memorize", MemorizeConfig)
 def memorize(cfg: MemorizeConfig) -> Stream:
     gen = torch.Generator().manual_seed(cfg.seed)
-    total = cfg.n_experiences * cfg.size
+    size = min(cfg.size, cfg.max_train_per_experience or cfg.size)
+    total = cfg.n_experiences * size
     if len(ALPHABET) ** cfg.key_len < 2 * total:
         raise ConfigError(
             f"stream.key_len={cfg.key_len} gives too few distinct keys for {total} pairs"
@@ -75,9 +81,10 @@ def memorize(cfg: MemorizeConfig) -> Stream:
     values = random_strings(total, cfg.value_len, gen)
     tasks = []
     for i in range(cfg.n_experiences):
-        sl = slice(i * cfg.size, (i + 1) * cfg.size)
+        sl = slice(i * size, (i + 1) * size)
         pairs = [(f"{k}=", v) for k, v in zip(keys[sl], values[sl], strict=True)]
-        tasks.append(TextTask(name=f"memorize{i}", instruction="", train=pairs, test=pairs))
+        test = pairs[: cfg.max_test_per_experience or size]
+        tasks.append(TextTask(name=f"memorize{i}", instruction="", train=pairs, test=test))
     return build_text2text_stream(
         cfg.name,
         tasks,
