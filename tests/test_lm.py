@@ -144,9 +144,12 @@ def test_trace_reads_the_release_layout_with_per_task_metrics(tmp_path):
             rows = [{"prompt": f"{task} prompt {i}", "answer": f"answer {i}"} for i in range(3)]
             (tmp_path / task / f"{split}.json").write_text(json.dumps(rows))
     overrides = [*QUIET, "stream=trace", f"stream.data_root={tmp_path}", "model=hf_causal_lm"]
-    stream = build(compose([*overrides, "stream.tasks=[FOMC,MeetingBank]"])).stream
-    assert stream.extra["task_metrics"] == ["exact_match", "rouge_l"]
-    assert [len(e.train) for e in stream] == [3, 3]
+    b = build(compose([*overrides, "stream.tasks=[FOMC,MeetingBank]"]))
+    assert b.stream.extra["task_metrics"] == ["exact_match", "rouge_l"]
+    assert [len(e.train) for e in b.stream] == [3, 3]
+    # Generation-scored rows (exact match, ROUGE-L) of the untrained model are in [0, 1].
+    row, _ = evaluate_row(b.strategy, b.stream, trained_upto=-1, batch_size=2)
+    assert row is not None and all(0 <= v <= 1 for v in row)
 
 
 def test_online_streams_compose_without_downloading():

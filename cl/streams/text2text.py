@@ -190,6 +190,8 @@ class Encoder:
         if self.chat_template and self.tok.chat_template and isinstance(self.tok, HFTokenizer):
             ids = self.tok.encode(self.tok.chat(head + body + tail))
             return ids[-self.max_prompt_len :]
+        # Inputs longer than any prompt are cut before tokenizing (a token spans >= 1 char).
+        body = body[: 8 * self.max_prompt_len]
         h, b, t = self.tok.encode(head), self.tok.encode(body), self.tok.encode(tail)
         room = max(self.max_prompt_len - 1 - len(h) - len(t), 0)
         return ([self.tok.bos_id, *h, *b[:room], *t])[-self.max_prompt_len :]
