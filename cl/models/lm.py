@@ -177,6 +177,8 @@ class LMConfig(ModelConfig):
 
 @dataclass
 class Seq2SeqConfig(LMConfig):
+    """Seq2seq (T5 family) settings: those of :class:`LMConfig`, with ``tiny_t5`` random."""
+
     name: str = "hf_seq2seq"
     config: str | None = "tiny_t5"
 
