@@ -62,6 +62,9 @@ def accuracy(
         task_aware: Give task ids to the strategy and mask logits to the task's classes.
         allowed_classes: Task-agnostic only: restrict the argmax to these classes (None: all).
     """
+    hook = getattr(exp.test, "evaluate", None)
+    if hook is not None:  # the data scores itself (text-to-text tasks: cl.evaluate_lm)
+        return float(hook(strategy, batch_size=batch_size, task_aware=task_aware))
     device = strategy.device
     total = 0
     if task_aware:

@@ -259,6 +259,12 @@ def _run_body(
                 "n_classes": stream.n_classes,
                 "classes": stream.classes,
                 "has_task_ids": stream.has_task_ids,
+                # Text-to-text streams name each task and its metric.
+                **(
+                    {k: stream.extra[k] for k in ("tasks", "task_metrics")}
+                    if "task_metrics" in stream.extra
+                    else {}
+                ),
             },
             scenario=stream.scenario,
             versions=_versions(cfg),

@@ -74,6 +74,22 @@ TEXT_SETUP: tuple[str, ...] = (
     "train.epochs=1",
     "train.optimizer=adam",
 )
+# A tiny random Llama on the memorisation stream (text-to-text; byte-level tokens), for the
+# strategies that support language models (``"text2text"`` in their ``modalities``).
+LM_SETUP: tuple[str, ...] = (
+    "stream=memorize",
+    "model=hf_causal_lm",
+    "stream.size=8",
+    "stream.key_len=4",
+    "stream.value_len=4",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=1",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.optimizer=adam",
+    "train.lr=0.005",
+)
 QUIET: tuple[str, ...] = ("logger=none", "device=cpu")
 
 
@@ -83,6 +99,11 @@ def setup_overrides(name: str, *extra: str) -> list[str]:
 
     own = get_strategy(name).test_setup
     return [*QUIET, f"strategy={name}", *(own or DEFAULT_SETUP), *extra]
+
+
+def lm_setup_overrides(name: str, *extra: str) -> list[str]:
+    """Overrides of strategy ``name`` on :data:`LM_SETUP` (a tiny causal LM)."""
+    return [*QUIET, f"strategy={name}", *LM_SETUP, *extra]
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:

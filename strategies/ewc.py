@@ -107,6 +107,7 @@ class EWC(Strategy[EWCConfig]):
     """
 
     config_cls = EWCConfig
+    modalities = ("vision", "text", "text2text")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,6 +121,11 @@ class EWC(Strategy[EWCConfig]):
             raise ConfigError(
                 "strategy.penalty_step=implicit needs train.lr_schedule=constant and "
                 "train.warmup_steps=0"
+            )
+        if self.context.stream.modality == "text2text" and c.estimator != "batched":
+            raise ConfigError(
+                "ewc on a language model needs strategy.estimator=batched (per-sample Fishers "
+                f"over the vocabulary are not supported), got {c.estimator!r}"
             )
         self.importance: dict[str, Tensor] = {}  # A: summed (or decayed) Fisher
         self.anchor: dict[str, Tensor] = {}  # m: Fisher-weighted mean of the anchors

@@ -33,6 +33,7 @@ class Joint(Strategy[JointConfig]):
     """Trains on the union of experiences 0..i at experience i."""
 
     config_cls = JointConfig
+    modalities = ("vision", "text", "text2text")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -30,7 +30,9 @@ class LwFConfig(StrategyConfig):
     previous experience, frozen, in eval mode) and ``s`` is ``T^2`` when ``t2_scaling`` else 1.
     The KL runs over the logits of classes seen before (class_il, domain_il); in task_il it
     runs per earlier task over that task's classes (its head; on a multi-head model the task
-    ids select it, so tasks may share classes) and is summed over tasks, each task once.
+    ids select it, so tasks may share classes) and is summed over tasks, each task once. On a
+    language model (text-to-text streams) it is token-level: the KL between the next-token
+    distributions over the vocabulary at every target token, averaged over tokens.
 
     Attributes:
         alpha: Weight of the distillation term (0: naive fine-tuning).
@@ -54,6 +56,7 @@ class LwF(Strategy[LwFConfig]):
     """Knowledge distillation from a frozen copy of the model taken after each experience."""
 
     config_cls = LwFConfig
+    modalities = ("vision", "text", "text2text")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -102,7 +105,11 @@ class LwF(Strategy[LwFConfig]):
         else:
             with torch.no_grad():
                 old_all = self.teacher(batch.x, batch.task_ids)
-            for classes in self._groups():
+            if logits.dim() == 3:  # a language model's [B, V, L] logits: KL per target token
+                keep = batch.y != -100
+                new_t, old_t = logits.transpose(1, 2)[keep], old_all.transpose(1, 2)[keep]
+                loss = loss + self._kl(new_t, old_t)
+            for classes in self._groups() if logits.dim() == 2 else []:
                 idx = torch.as_tensor(classes, device=logits.device)
                 loss = loss + self._kl(logits[:, idx], old_all[:, idx])
         t = self.config.temperature

@@ -23,3 +23,4 @@ class Naive(Strategy[NaiveConfig]):
     """Sequential fine-tuning: the base loop with no extra hooks."""
 
     config_cls = NaiveConfig
+    modalities = ("vision", "text", "text2text")

@@ -53,6 +53,7 @@ class Replay(Strategy[ReplayConfig]):
     """Replay from a buffer filled after each experience and kept on the device."""
 
     config_cls = ReplayConfig
+    modalities = ("vision", "text", "text2text")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -61,6 +62,11 @@ class Replay(Strategy[ReplayConfig]):
             raise ConfigError(f"strategy.policy must be one of {POLICIES}, got {c.policy!r}")
         if c.buffer_size < 0 or c.replay_ratio < 0:
             raise ConfigError("strategy.buffer_size and strategy.replay_ratio must be >= 0")
+        if c.policy == "class_balanced" and self.context.stream.modality == "text2text":
+            raise ConfigError(
+                "strategy.policy=class_balanced needs class labels; text-to-text "
+                "streams have none (use reservoir or experience_balanced)"
+            )
         self.groups: dict[int, TensorData] = {}  # group (all / class / experience) -> samples
         self.seen: dict[int, int] = {}  # samples of each group offered to the buffer so far
         self._memory: TensorData | None = None

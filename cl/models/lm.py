@@ -1,0 +1,291 @@
+"""Language models: Hugging Face causal LMs (Llama, Qwen, GPT-2, ...) and seq2seq LMs (T5).
+
+Inputs are the text-to-text streams' packed tensors (see :mod:`cl.streams.text2text`):
+``x[:, 0]`` token ids ``[B, L]`` and ``x[:, 1]`` a segment code (0 padding, 1 prompt, 2 target);
+the prompt is left-padded to a fixed width and the target right-padded after it. The forward
+pass returns next-token logits at the target positions, ``[B, V, Lt]`` (position ``k`` predicts
+target token ``k``), so the loop's cross-entropy against the target ids (``-100`` on padding)
+is the loss on target tokens only, for both architectures.
+
+A model is loaded by hub name or local path (``model.path``), or built from a small random
+config (``model.config=tiny_llama`` or ``tiny_t5``, widths as fields) whose vocabulary is the
+stream's tokenizer's (``n_classes`` of a text-to-text stream is its vocabulary size). The Hugging
+Face model is the ``backbone`` of the :class:`LanguageModel`, so adapters (peft) can wrap it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cl.errors import ConfigError, DataNotFoundError, reason
+from cl.models import CLModel, ModelConfig, register_model
+from cl.streams.base import StreamInfo
+from cl.validation import affordable, one_of, positive
+
+RANDOM_CONFIGS = {"causal": ("tiny_llama",), "seq2seq": ("tiny_t5",)}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Special ids of the random configs (those of the byte-level tokenizer).
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+def target_start(code: Tensor) -> int:
+    """Width of the (left-padded) prompt block: the first column of the target segment."""
+    hits = (code[0] == 2).nonzero()
+    if len(hits) == 0:
+        raise ValueError("no target segment (code 2) in the packed text-to-text input")
+    return int(hits[0, 0])
+
+
+class LanguageModel(CLModel):
+    """A causal or seq2seq Hugging Face LM over packed text-to-text tensors.
+
+    Attributes:
+        kind: ``causal`` or ``seq2seq``.
+        hf: The Hugging Face model (also ``backbone``).
+    """
+
+    def __init__(self, hf: Any, *, kind: str) -> None:
+        width = int(getattr(hf.config, "hidden_size", None) or hf.config.d_model)
+        super().__init__(hf, nn.Identity(), width)
+        self.kind = kind
+
+    @property
+    def hf(self) -> Any:
+        return self.backbone
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError("a language model has no pooled features; use forward()")
+
+    def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
+        """Logits ``[B, V, Lt]`` predicting each target token of the packed input ``x``."""
+        ids, code = x[:, 0], x[:, 1]
+        lp = target_start(code)
+        if self.kind == "causal":
+            mask = (code > 0).long()
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            lt = ids.shape[1] - lp
+            out = self.hf(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=False,
+                logits_to_keep=lt + 1,
+            )
+            return out.logits[:, :-1].transpose(1, 2)
+        start = int(self.hf.config.decoder_start_token_id or 0)
+        target = ids[:, lp:].masked_fill(code[:, lp:] != 2, start)
+        dec_in = torch.cat([torch.full_like(target[:, :1], start), target[:, :-1]], dim=1)
+        out = self.hf(
+            input_ids=ids[:, :lp],
+            attention_mask=(code[:, :lp] == 1).long(),
+            decoder_input_ids=dec_in,
+            use_cache=False,
+        )
+        return out.logits.transpose(1, 2)
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        *,
+        max_new_tokens: int,
+        eos_id: int,
+        pad_id: int,
+        task_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Greedy continuations ``[B, <= max_new_tokens]`` of left-padded prompts (KV cache).
+
+        Args:
+            ids: Prompt ids ``[B, Lp]``, left-padded.
+            mask: Their attention mask (1 for tokens).
+            max_new_tokens: Tokens to generate at most.
+            eos_id: End-of-sequence id (generation of a row stops there; rows that stopped
+                are padded with ``pad_id``).
+            pad_id: Padding id.
+            task_ids: Task ids of the rows (unused by the plain model).
+        """
+        kw: dict[str, Any] = dict(
+            input_ids=ids,
+            attention_mask=mask.long(),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+            use_cache=True,
+        )
+        if self.kind == "seq2seq":
+            kw["decoder_start_token_id"] = int(self.hf.config.decoder_start_token_id or 0)
+        out = self.hf.generate(**kw)
+        # Decoder-only models return prompt + continuation; seq2seq ones start with the
+        # decoder start token.
+        return out[:, ids.shape[1] :] if self.kind == "causal" else out[:, 1:]
+
+
+@dataclass
+class LMConfig(ModelConfig):
+    """Language model settings.
+
+    Attributes:
+        path: Hub name or local folder of a pretrained model (used when ``config`` is null);
+            tokenize the stream with the same model (``stream.tokenizer``).
+        config: A small random model instead: ``tiny_llama`` (causal) or ``tiny_t5`` (seq2seq),
+            sized by the fields below; its vocabulary is the stream's tokenizer's.
+        hidden_size: Model width (``d_model`` of T5).
+        intermediate_size: Feed-forward width.
+        num_layers: Transformer layers (each of encoder and decoder for T5).
+        num_heads: Attention heads.
+        num_kv_heads: Key/value heads of grouped-query attention (null: ``num_heads``).
+        max_positions: Longest sequence of the causal model (positions).
+        tie_embeddings: Tie input and output embeddings.
+        dtype: Weight dtype: ``float32``, ``bfloat16`` or ``float16`` (``train.amp`` adds bf16
+            autocast on CUDA to float32 weights).
+        gradient_checkpointing: Recompute activations in the backward pass (less memory).
+        attn_implementation: ``sdpa`` or ``eager`` attention.
+    """
+
+    name: str = "hf_causal_lm"
+    path: str | None = None
+    config: str | None = "tiny_llama"
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    max_positions: int = 1024
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+
+    def validate(self) -> None:
+        positive("model", self, "hidden_size", "intermediate_size", "num_layers", "num_heads")
+        positive("model", self, "num_kv_heads", "max_positions")
+        one_of("model", self, "dtype", DTYPES)
+        one_of("model", self, "attn_implementation", ("sdpa", "eager"))
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_heads "
+                f"({self.num_heads})"
+            )
+
+
+@dataclass
+class Seq2SeqConfig(LMConfig):
+    """Seq2seq (T5 family) settings: those of :class:`LMConfig`, with ``tiny_t5`` random."""
+
+    name: str = "hf_seq2seq"
+    config: str | None = "tiny_t5"
+
+
+def random_hf_config(cfg: LMConfig, kind: str, vocab_size: int) -> Any:
+    """The transformers config of ``cfg.config`` with the stream's vocabulary."""
+    if cfg.config not in RANDOM_CONFIGS[kind]:
+        raise ConfigError(
+            f"model.config must be one of {', '.join(RANDOM_CONFIGS[kind])} for {cfg.name}, "
+            f"got {cfg.config!r} (or set model.config=null and model.path)"
+        )
+    if kind == "causal":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+            max_position_embeddings=cfg.max_positions,
+            tie_word_embeddings=cfg.tie_embeddings,
+            pad_token_id=PAD_ID,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+        )
+    from transformers import T5Config
+
+    t5: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        d_model=cfg.hidden_size,
+        d_kv=cfg.hidden_size // cfg.num_heads,
+        d_ff=cfg.intermediate_size,
+        num_layers=cfg.num_layers,
+        num_decoder_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        dropout_rate=0.0,
+        tie_word_embeddings=cfg.tie_embeddings,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=PAD_ID,
+    )
+    return T5Config(**t5)
+
+
+def estimated_params(cfg: LMConfig, kind: str, vocab_size: int) -> int:
+    """Parameters of a random config, from its widths (before anything is allocated)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    layer = 4 * h * h + 3 * h * i  # attention and gated feed-forward (an upper bound)
+    layers = cfg.num_layers * (layer if kind == "causal" else 2 * layer + 4 * h * h)
+    return vocab_size * h * (1 if cfg.tie_embeddings else 2) + layers
+
+
+def load_hf_lm(cfg: LMConfig, kind: str, info: StreamInfo) -> Any:
+    """The Hugging Face model of ``cfg``: pretrained from ``path`` or random from ``config``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSeq2SeqLM
+    dtype = DTYPES[cfg.dtype]
+    if cfg.config is not None:
+        conf = random_hf_config(cfg, kind, info.n_classes)
+        affordable(
+            estimated_params(cfg, kind, info.n_classes),
+            f"model.hidden_size={cfg.hidden_size} model.intermediate_size="
+            f"{cfg.intermediate_size} model.num_layers={cfg.num_layers}",
+        )
+        conf._attn_implementation = cfg.attn_implementation
+        return auto.from_config(conf, dtype=dtype)
+    if not cfg.path:
+        raise ConfigError(f"{cfg.name} needs model.path (a hub name or folder) or model.config")
+    try:
+        model = auto.from_pretrained(
+            cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
+    except (OSError, ValueError) as e:
+        raise DataNotFoundError(
+            f"cannot load the language model {cfg.path!r} ({reason(e)}); give a local model "
+            "folder as model.path, or a hub name while online"
+        ) from None
+    emb: Any = model.get_input_embeddings()
+    n_vocab = int(emb.weight.shape[0])
+    if n_vocab < info.n_classes:
+        raise ConfigError(
+            f"model {cfg.path!r} has {n_vocab} token embeddings but the stream's tokenizer has "
+            f"{info.n_classes} tokens: set stream.tokenizer to the model's ({cfg.path})"
+        )
+    return model
+
+
+def build_lm(cfg: LMConfig, info: StreamInfo, kind: str) -> LanguageModel:
+    if info.modality != "text2text":
+        raise ConfigError(
+            f"model {cfg.name!r} needs a text-to-text stream (e.g. stream=text2text_offline or "
+            f"stream=memorize); {info.name!r} is {info.modality}"
+        )
+    hf = load_hf_lm(cfg, kind, info)
+    if cfg.gradient_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LanguageModel(hf, kind=kind)
+
+
+@register_model("hf_causal_lm", LMConfig)
+def build_causal_lm(cfg: LMConfig, info: StreamInfo) -> LanguageModel:
+    return build_lm(cfg, info, "causal")
+
+
+@register_model("hf_seq2seq", Seq2SeqConfig)
+def build_seq2seq(cfg: Seq2SeqConfig, info: StreamInfo) -> LanguageModel:
+    return build_lm(cfg, info, "seq2seq")
