@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cl import distributed
 from cl.errors import ConfigError, reason
 from cl.strategy import RunContext, Strategy, TrainConfig
 from cl.validation import check_config, one_of, positive, unknown_keys
@@ -224,7 +225,10 @@ def build(cfg: DictConfig) -> Built:
     load_builtin_streams()
     load_builtin_models()
     train: TrainConfig = to_dataclass(cfg.train, TrainConfig, "train")
-    device = resolve_device(str(cfg.device))
+    rank = distributed.current(torch.device("cpu"))
+    device = resolve_device(distributed.rank_device(str(cfg.device), rank))
+    dist_info = distributed.current(device)
+    distributed.check_batch(train.batch_size, dist_info)
     to_dataclass(cfg.logger, LoggerConfig, "logger")
 
     s_entry = STREAMS.get(str(cfg.stream.name))
@@ -251,6 +255,7 @@ def build(cfg: DictConfig) -> Built:
         train=train,
         past_experience=lambda i: stream.experiences[i],
         deterministic=bool(cfg.get("deterministic", False)),
+        dist=dist_info,
     )
     with allocating(f"strategy {strat_cfg.name!r}", device):
         strategy = strat_cls(config=strat_cfg, model=model, context=context)

@@ -1,0 +1,295 @@
+"""Multi-process runs on ``torch.distributed``: one process per device, started by ``torchrun``
+(or any launcher that sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` and the rendezvous
+variables ``MASTER_ADDR``/``MASTER_PORT``, such as SLURM with one task per GPU).
+
+Data parallelism, exact to one process with the same global batch:
+
+* every rank builds the same stream, model and strategy from the same seeds, and iterates the
+  same global batches (``train.batch_size`` is the global batch); each rank keeps its strided
+  shard of every batch (per-rank batch ``batch_size / world_size``);
+* after ``backward`` the gradients of the trainable parameters (the model's and every parameter
+  a strategy adds: prompts, keys, adapters, heads, hypernetworks) are summed over ranks with one
+  ``all_reduce``, each rank's loss weighted by its share of the global batch, so the update is
+  the one-process update of the whole batch (what DDP does, done on the strategy's own
+  parameter list, so forward hooks, prompt pools and parameters outside the model need no
+  wrapper);
+* tensors a strategy accumulates from its shard while training (listed in
+  ``Strategy.shard_reduced``) are summed over ranks before ``after_experience``; everything
+  else a strategy keeps (buffers, Fishers, teachers, queues, routers) is computed from the
+  whole experience with the shared generators, so it is identical on every rank;
+* evaluation is sharded: each rank scores a slice of every test set, the counts are summed;
+* only rank 0 writes (results.json, metrics.csv, checkpoints, console, W&B).
+
+Collectives have a timeout (``CL_DIST_TIMEOUT`` seconds, default 90): a rank that dies makes
+the others fail within it instead of hanging (``torchrun`` also stops them at once).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cl.errors import ConfigError
+
+TIMEOUT_ENV = "CL_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 90.0
+MODES = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run.
+
+    Attributes:
+        rank: Global rank (0 writes the run's files).
+        world_size: Number of processes (1: a single-process run).
+        local_rank: Rank on this node (selects ``cuda:<local_rank>``).
+        backend: The process group's backend for the run's device (``gloo``, ``nccl``), None
+            for a single process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistInfo()
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise ConfigError(f"{name} is not set; start distributed runs with torchrun")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the launcher's environment (1 when absent)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def timeout() -> _dt.timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise ConfigError(f"{TIMEOUT_ENV} must be positive, got {raw}")
+    return _dt.timedelta(seconds=seconds)
+
+
+def init_from_env() -> DistInfo:
+    """Join the process group the launcher describes (no-op for one process).
+
+    The group serves CPU tensors with gloo and, where CUDA and NCCL exist, CUDA tensors with
+    NCCL. Raises :class:`ConfigError` for an inconsistent environment.
+    """
+    world = env_world_size()
+    if world < 1:
+        raise ConfigError(f"WORLD_SIZE must be >= 1, got {world}")
+    if world == 1:
+        return SINGLE
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ConfigError("this torch build has no torch.distributed; run in one process")
+    rank = _env_int("RANK")
+    local = _env_int("LOCAL_RANK", rank)
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside the world size WORLD_SIZE={world}")
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise ConfigError(f"{var} is not set; start distributed runs with torchrun")
+    if not dist.is_initialized():
+        backend = "gloo"
+        if torch.cuda.is_available() and dist.is_nccl_available():
+            backend = "cpu:gloo,cuda:nccl"
+        if not dist.is_gloo_available():
+            raise ConfigError("this torch build has no gloo backend for CPU collectives")
+        dist.init_process_group(backend=backend, timeout=timeout())
+    if dist.get_world_size() != world:
+        raise ConfigError(
+            f"WORLD_SIZE={world} but the process group has {dist.get_world_size()} ranks"
+        )
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def current(device: torch.device) -> DistInfo:
+    """The running process group's :class:`DistInfo` for a run on ``device``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return SINGLE
+    rank = dist.get_rank()
+    local = _env_int("LOCAL_RANK", rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    return DistInfo(rank=rank, world_size=dist.get_world_size(), local_rank=local, backend=backend)
+
+
+def rank_device(spec: str, info: DistInfo) -> str:
+    """The device spec of this rank: ``cuda``/``auto`` become ``cuda:<local_rank>``."""
+    if not info.enabled:
+        return spec
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ConfigError("device=cuda was requested but no CUDA device is available")
+        import torch.distributed as dist
+
+        if not dist.is_nccl_available():
+            raise ConfigError("device=cuda needs the NCCL backend, which this torch build lacks")
+        if info.local_rank >= n:
+            raise ConfigError(
+                f"LOCAL_RANK={info.local_rank} needs cuda:{info.local_rank} but this node has "
+                f"{n} GPU(s); start at most {n} processes per node"
+            )
+        return f"cuda:{info.local_rank}"
+    return spec
+
+
+def check_batch(batch_size: int, info: DistInfo) -> None:
+    """The global batch must split evenly over the ranks."""
+    if info.enabled and batch_size % info.world_size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} (the global batch) must be a multiple of the "
+            f"world size {info.world_size}"
+        )
+
+
+def shard_rows(n: int, info: DistInfo) -> slice:
+    """This rank's strided share of ``n`` rows (the rows ``rank, rank + N, ...``)."""
+    return slice(info.rank, n, info.world_size) if info.enabled else slice(0, n)
+
+
+def shard_batch(batch: Any, info: DistInfo) -> tuple[Any, float]:
+    """This rank's shard of a global batch and its weight (its share of the batch's samples).
+
+    A rank whose shard would be empty (a last batch smaller than the world size) gets the
+    batch's first sample with weight 0, so it still runs the step and its collectives.
+    """
+    n = len(batch.y)
+    if not info.enabled:
+        return batch, 1.0
+    rows = shard_rows(n, info)
+    size = len(range(n)[rows])
+    if size == 0:
+        rows, weight = slice(0, 1), 0.0
+    else:
+        weight = size / n
+    t = None if batch.task_ids is None else batch.task_ids[rows]
+    return type(batch)(batch.x[rows], batch.y[rows], t), weight
+
+
+def reduce_gradients(params: Sequence[nn.Parameter], weighted_loss: Tensor) -> Tensor:
+    """Sum the (share-weighted) gradients of ``params`` and the loss over all ranks.
+
+    One ``all_reduce`` carries a has-gradient mask, the second carries the gradients and the
+    loss flattened together. A parameter that got a gradient on some rank gets the sum on all
+    (zeros where a rank's shard did not reach it), as one process on the whole batch would.
+
+    Returns:
+        The loss of the global batch (the sum of the weighted losses).
+    """
+    import torch.distributed as dist
+
+    device = weighted_loss.device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has)
+    used = [p for p, h in zip(params, has.tolist(), strict=True) if h]
+    for p in used:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat(
+        [weighted_loss.detach().float().reshape(1)] + [p.grad.reshape(-1).float() for p in used]
+    )  # type: ignore[union-attr]
+    dist.all_reduce(flat)
+    offset = 1
+    for p in used:
+        g = p.grad
+        assert g is not None
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[0]
+
+
+def reduce_shard_state(strategy: Any, info: DistInfo) -> None:
+    """Sum, over ranks, the tensors a strategy accumulated from its shard while training."""
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    for name in getattr(strategy, "shard_reduced", ()):
+        value = getattr(strategy, name)
+        if isinstance(value, Tensor):
+            dist.all_reduce(value)
+
+
+def sum_over_ranks(values: Iterable[int | float], device: torch.device) -> list[float]:
+    """Element-wise sums of ``values`` over ranks (float64)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(v) for v in t.tolist()]
+
+
+def agree(error: BaseException | None, info: DistInfo) -> None:
+    """A collective check: if any rank failed a step, every rank raises.
+
+    The failing rank re-raises its own error; the others raise :class:`ConfigError` naming it.
+    """
+    if not info.enabled:
+        if error is not None:
+            raise error
+        return
+    import torch.distributed as dist
+
+    msgs: list[Any] = [None] * info.world_size
+    dist.all_gather_object(msgs, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    for rank, msg in enumerate(msgs):
+        if msg is not None:
+            raise ConfigError(f"rank {rank} failed: {msg.split(': ', 1)[-1]}")
+
+
+def broadcast(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown() -> None:
+    """Leave the process group (when one was joined)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
