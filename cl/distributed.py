@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,7 @@ from cl.errors import ConfigError
 TIMEOUT_ENV = "CL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 90.0
 MODES = ("ddp", "fsdp")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,30 @@ def reduce_shard_state(strategy: Any, info: DistInfo) -> None:
         value = getattr(strategy, name)
         if isinstance(value, Tensor):
             dist.all_reduce(value)
+
+
+def owned(items: Iterable[T], info: DistInfo) -> Iterator[T]:
+    """This rank's items of work shared round-robin over the ranks (all of them alone)."""
+    for k, item in enumerate(items):
+        if k % info.world_size == info.rank:
+            yield item
+
+
+def sum_tensors(tensors: Iterable[Tensor], info: DistInfo) -> None:
+    """Sum each tensor over ranks, in place (one flattened ``all_reduce``; no-op alone)."""
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    ts = list(tensors)
+    if not ts:
+        return
+    flat = torch.cat([t.reshape(-1) for t in ts])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in ts:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def sum_over_ranks(values: Iterable[int | float], device: torch.device) -> list[float]:

@@ -237,6 +237,11 @@ class Strategy(ABC, Generic[C]):
             self._forward_fn = torch.compile(model)
         if type(self).train_experience is not Strategy.train_experience:
             _refuse_loop_options(self.name, context.train)
+            if context.dist.enabled:
+                raise ConfigError(
+                    f"strategy {self.name!r} runs its own training loop and cannot run "
+                    "distributed; start it as one process"
+                )
 
     # ----------------------------------------------------------------- checks
     @classmethod
