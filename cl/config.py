@@ -259,6 +259,8 @@ def build(cfg: DictConfig) -> Built:
     )
     with allocating(f"strategy {strat_cfg.name!r}", device):
         strategy = strat_cls(config=strat_cfg, model=model, context=context)
+    if dist_info.enabled and train.distributed == "fsdp":
+        distributed.shard_frozen(model, dist_info)
     return Built(stream=stream, model=model, strategy=strategy, context=context, train=train)
 
 

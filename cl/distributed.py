@@ -26,6 +26,7 @@ the others fail within it instead of hanging (``torchrun`` also stops them at on
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -318,3 +319,64 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def inference(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """``inference_mode`` for evaluation; ``no_grad`` where FSDP2 shards blocks of ``model``
+    (its all-gathered weights are reused by training, so they cannot be inference tensors)."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return torch.no_grad()
+    return torch.inference_mode()
+
+
+def shard_frozen(model: nn.Module, info: DistInfo) -> list[str]:
+    """FSDP2 (``fully_shard``) on the frozen blocks of ``model`` (``train.distributed=fsdp``).
+
+    Every element of a ``ModuleList``/``Sequential`` whose parameters are all frozen (the
+    transformer blocks of a frozen backbone) is sharded over the ranks: each rank keeps
+    ``1 / world_size`` of its weights and all-gathers them for the block's forward (and
+    backward, for gradients that flow through it to prompts). Trainable parameters stay whole
+    on every rank. Frozen sharded weights are left out of ``model.state_dict()`` (checkpoints,
+    cross-rank hashes): they never change and are rebuilt by the model's builder on resume.
+
+    Returns:
+        The names of the sharded blocks.
+
+    Raises:
+        ConfigError: Nothing frozen to shard (the strategy trains the whole model).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    blocks: list[tuple[str, nn.Module]] = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList | nn.Sequential):
+            continue
+        for i, child in enumerate(mod):
+            params = list(child.parameters())
+            inside = any(name == b or name.startswith(b + ".") for b, _ in blocks)
+            if params and not inside and not any(p.requires_grad for p in params):
+                blocks.append((f"{name}.{i}" if name else str(i), child))
+    if not blocks:
+        raise ConfigError(
+            "train.distributed=fsdp shards the frozen blocks of a backbone, and this model has "
+            "none (the strategy trains them): use train.distributed=ddp"
+        )
+    if not info.enabled:
+        return [b for b, _ in blocks]
+    sharded: set[str] = set()
+    for name, child in blocks:
+        fully_shard(child)
+        sharded |= {f"{name}.{k}" for k, _ in child.named_parameters()}
+
+    def drop(module: nn.Module, state: dict[str, Any], prefix: str, meta: Any) -> None:
+        for k in [k for k in state if k[len(prefix) :] in sharded]:
+            del state[k]
+
+    def allow_missing(module: nn.Module, keys: Any) -> None:
+        keys.missing_keys[:] = [k for k in keys.missing_keys if k not in sharded]
+
+    model._register_state_dict_hook(drop)
+    model.register_load_state_dict_post_hook(allow_missing)
+    return [b for b, _ in blocks]

@@ -57,7 +57,6 @@ def _class_mask(n_classes: int, classes: Sequence[int], device: torch.device) ->
     return mask
 
 
-@torch.inference_mode()
 def accuracy(
     strategy: Strategy[Any],
     exp: Experience,
@@ -73,6 +72,18 @@ def accuracy(
         task_aware: Give task ids to the strategy and mask logits to the task's classes.
         allowed_classes: Task-agnostic only: restrict the argmax to these classes (None: all).
     """
+    with distributed.inference(strategy.model):
+        return _accuracy(strategy, exp, n_classes, batch_size, task_aware, allowed_classes)
+
+
+def _accuracy(
+    strategy: Strategy[Any],
+    exp: Experience,
+    n_classes: int,
+    batch_size: int,
+    task_aware: bool,
+    allowed_classes: Sequence[int] | None,
+) -> float:
     device = strategy.device
     total = 0
     if task_aware:

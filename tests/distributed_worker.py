@@ -30,6 +30,8 @@ from cl.errors import ConfigError
 
 EQUIVALENCE = ("naive", "ewc", "replay", "lwf", "l2p")
 RESUME = "replay"
+FSDP = "l2p"
+FSDP_ARGS = ("train.distributed=fsdp",)
 
 
 def state_hash(obj: Any) -> str:
@@ -100,6 +102,10 @@ def runs(world: int, root: Path, batch_size: int) -> dict[str, Any]:
             "world_size": rec.world_size,
             "backend": rec.backend,
         }
+        if name == FSDP:  # the frozen ViT blocks sharded with FSDP2: the same matrix
+            cfg = compose(setup_overrides(name, f"train.batch_size={batch_size}", *FSDP_ARGS))
+            rec = run_experiment(cfg, root / "run-fsdp")
+            out["fsdp"] = {"acc_matrix": rec.acc_matrix}
         if name == RESUME:
             resumed = check_resume(cfg, root / "resume", reference=rec, kill_step=(1, 2))
             out["resume"] = {"acc_matrix": resumed.acc_matrix}
