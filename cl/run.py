@@ -493,7 +493,7 @@ def _distributed_argv(argv: list[str], info: distributed.DistInfo) -> list[str]:
     import datetime as dt
 
     stamp = distributed.broadcast(dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"), info)
-    return [*argv, f"hydra.run.dir=${{cl_run_dir:${{resume}},outputs/{stamp}}}"]
+    return [*argv, f"hydra.run.dir='${{cl_run_dir:${{resume}},outputs/{stamp}}}'"]
 
 
 def _cli_hydra(argv: list[str]) -> int:

@@ -91,6 +91,10 @@ def test_two_ranks_with_half_batches_equal_one_process(worker, references, name)
     assert got["losses"] == pytest.approx(losses, abs=LOSS_TOL), name
 
 
+def test_fsdp_sharded_frozen_blocks_give_the_same_matrix(worker, references):
+    assert worker["runs"]["fsdp"]["acc_matrix"] == references["l2p"].acc_matrix
+
+
 def test_killed_on_all_ranks_resumes_to_the_uninterrupted_matrix(worker):
     assert worker["runs"]["resume"]["acc_matrix"] == worker["runs"]["replay"]["acc_matrix"]
 
@@ -125,3 +129,55 @@ def test_sigkilled_rank_stops_the_run_and_resume_completes_it(tmp_path):
     assert b["run"]["status"] == "complete" and b["run"]["world_size"] == 2
     assert a["acc_matrix"] == b["acc_matrix"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run"]
+
+
+# ------------------------------------------------------------- one-line errors (no torchrun)
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is outside the world size WORLD_SIZE=2"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR is not set"),
+        ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ],
+)
+def test_bad_launcher_environment_is_one_line_error(monkeypatch, capsys, env, message):
+    from cl.run import cli
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert cli(["logger=none", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_world_size_must_divide_the_global_batch_and_sweeps_are_refused():
+    from cl.distributed import DistInfo, check_batch
+    from cl.errors import ConfigError
+    from cl.run import _distributed_argv
+
+    check_batch(32, DistInfo(rank=0, world_size=4))
+    with pytest.raises(ConfigError, match="must be a multiple of the world size 3"):
+        check_batch(32, DistInfo(rank=0, world_size=3))
+    with pytest.raises(ConfigError, match="runs one job"):
+        _distributed_argv(["-m", "seed=0,1"], DistInfo(rank=0, world_size=2))
+
+
+def test_fsdp_refuses_a_model_without_frozen_blocks_and_typos_are_refused():
+    from cl.config import build
+    from cl.distributed import SINGLE, shard_frozen
+    from cl.errors import ConfigError
+
+    built = build(compose(setup_overrides("naive")))
+    with pytest.raises(ConfigError, match="use train.distributed=ddp"):
+        shard_frozen(built.model, SINGLE)
+    with pytest.raises(ConfigError, match="unknown train.distributed 'fdsp'; valid: ddp, fsdp"):
+        build(compose(setup_overrides("naive", "train.distributed=fdsp")))
+
+
+def test_one_process_run_records_world_size_1_and_no_backend(references):
+    rec = references["naive"]
+    results = rec.to_results()["run"]
+    assert (results["world_size"], results["backend"]) == (1, None)
