@@ -137,6 +137,28 @@ def init_from_env() -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
+def init_for_job() -> tuple[DistInfo, bool]:
+    """The process group of a Hydra job: the one ``cl-run`` joined under torchrun, or, for a
+    job the submitit SLURM launcher started as several tasks (``tasks_per_node``), one joined
+    here from SLURM's environment (one task per GPU).
+
+    Returns:
+        This process's :class:`DistInfo` and whether this call joined the group (the job then
+        leaves it with :func:`shutdown`).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return current(torch.device("cpu")), False
+    ntasks = os.environ.get("SLURM_NTASKS", "1")
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not ntasks.isdigit() or int(ntasks) < 2:
+        return SINGLE, False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return init_from_env(), True
+
+
 def current(device: torch.device) -> DistInfo:
     """The running process group's :class:`DistInfo` for a run on ``device``."""
     import torch.distributed as dist
@@ -220,18 +242,16 @@ def reduce_gradients(params: Sequence[nn.Parameter], weighted_loss: Tensor) -> T
     device = weighted_loss.device
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
     dist.all_reduce(has)
-    used = [p for p, h in zip(params, has.tolist(), strict=True) if h]
-    for p in used:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat(
-        [weighted_loss.detach().float().reshape(1)] + [p.grad.reshape(-1).float() for p in used]
-    )  # type: ignore[union-attr]
+    grads: list[Tensor] = []
+    for p, h in zip(params, has.tolist(), strict=True):
+        if h:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    flat = torch.cat([weighted_loss.detach().float().reshape(1)] + [g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     offset = 1
-    for p in used:
-        g = p.grad
-        assert g is not None
+    for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
     return flat[0]

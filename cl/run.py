@@ -408,7 +408,9 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         "overrides.yaml": hc.overrides.task,
     }
     overrides = [str(o) for o in hc.overrides.task]
+    joined = False
     try:
+        _, joined = distributed.init_for_job()  # a submitit SLURM job of several tasks
         record = run_experiment(cfg, run_dir, overrides=overrides, hydra_files=hydra_files)
     except CLError as e:
         if distributed.current(torch.device("cpu")).is_main:
@@ -421,6 +423,9 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             raise
         traceback.print_exc()
         return _job_failed(cfg, run_dir, e)
+    finally:
+        if joined:
+            distributed.shutdown()
     value = record.metrics()["avg_acc"]
     return None if value is None else float(value)
 
@@ -432,6 +437,8 @@ def _job_failed(cfg: DictConfig, run_dir: Path, e: Exception) -> float:
     failed before (bad config value, missing data) gets a minimal one with status "failed",
     unless the directory belongs to another run. NaN tells the Optuna sweeper the trial failed.
     """
+    if not distributed.current(torch.device("cpu")).is_main:
+        return float("nan")  # rank 0 records it
     if not isinstance(e, RunDirError) and not (run_dir / "results.json").exists():
         try:
             config = OmegaConf.to_container(cfg, resolve=True)

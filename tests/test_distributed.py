@@ -159,7 +159,7 @@ def test_world_size_must_divide_the_global_batch_and_sweeps_are_refused():
     from cl.run import _distributed_argv
 
     check_batch(32, DistInfo(rank=0, world_size=4))
-    with pytest.raises(ConfigError, match="must be a multiple of the world size 3"):
+    with pytest.raises(ConfigError, match=r"must be a multiple of the world size 3"):
         check_batch(32, DistInfo(rank=0, world_size=3))
     with pytest.raises(ConfigError, match="runs one job"):
         _distributed_argv(["-m", "seed=0,1"], DistInfo(rank=0, world_size=2))
@@ -171,9 +171,9 @@ def test_fsdp_refuses_a_model_without_frozen_blocks_and_typos_are_refused():
     from cl.errors import ConfigError
 
     built = build(compose(setup_overrides("naive")))
-    with pytest.raises(ConfigError, match="use train.distributed=ddp"):
+    with pytest.raises(ConfigError, match=r"use train\.distributed=ddp"):
         shard_frozen(built.model, SINGLE)
-    with pytest.raises(ConfigError, match="unknown train.distributed 'fdsp'; valid: ddp, fsdp"):
+    with pytest.raises(ConfigError, match=r"unknown train\.distributed 'fdsp'; valid: ddp, fsdp"):
         build(compose(setup_overrides("naive", "train.distributed=fdsp")))
 
 
