@@ -495,6 +495,8 @@ def _distributed_argv(argv: list[str], info: distributed.DistInfo) -> list[str]:
         raise ConfigError(
             "a distributed run (WORLD_SIZE > 1) runs one job; start sweeps without torchrun"
         )
+    if not info.is_main:  # Hydra's job log file is rank 0's too; other ranks log to stdout
+        argv = [*argv, "hydra/job_logging=stdout"]
     if any(a.startswith(("hydra.run.dir=", "+hydra.run.dir=")) for a in argv):
         return argv
     import datetime as dt
