@@ -271,8 +271,10 @@ def validate_config(cfg: DictConfig) -> None:
     from cl.strategy import get_strategy
     from cl.streams import STREAMS
 
-    to_dataclass(cfg.train, TrainConfig, "train")
-    resolve_device(str(cfg.device))
+    train = to_dataclass(cfg.train, TrainConfig, "train")
+    rank = distributed.current(torch.device("cpu"))
+    resolve_device(distributed.rank_device(str(cfg.device), rank))
+    distributed.check_batch(train.batch_size, rank)
     to_dataclass(cfg.logger, LoggerConfig, "logger")
     to_dataclass(cfg.stream, STREAMS.get(str(cfg.stream.name)).config_cls, "stream")
     to_dataclass(cfg.strategy, get_strategy(str(cfg.strategy.name)).config_cls, "strategy")

@@ -474,7 +474,12 @@ def cli(argv: list[str] | None = None) -> int:
     info = distributed.SINGLE
     try:
         info = distributed.init_from_env()
-        preflight(argv)
+        error: CLError | None = None
+        try:
+            preflight(argv)
+        except CLError as e:
+            error = e
+        distributed.agree(error, info)  # a problem of one rank stops all; rank 0 says it
         argv = _distributed_argv(argv, info)
     except CLError as e:
         if info.is_main:  # every rank found the same problem: rank 0 says it
