@@ -246,6 +246,7 @@ def build(cfg: DictConfig) -> Built:
 
     torch.manual_seed(int(cfg.seed))
     model = build_model(m_entry.builder, model_cfg, info, device)
+    model = distributed.sync_batch_norm(model, dist_info, device)
 
     stream = stream.to(device)
     context = RunContext(

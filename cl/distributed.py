@@ -341,6 +341,20 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def sync_batch_norm(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """Batch norm over the global batch (``SyncBatchNorm``) in a distributed run, so running
+    statistics stay identical on every rank; SyncBatchNorm needs CUDA."""
+    bn = nn.modules.batchnorm._BatchNorm
+    if not info.enabled or not any(isinstance(m, bn) for m in model.modules()):
+        return model
+    if device.type != "cuda":
+        raise ConfigError(
+            "batch norm in a distributed run needs SyncBatchNorm, which runs on CUDA only: use "
+            "device=cuda or a model without batch norm (e.g. model.batch_norm=false)"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def inference(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
     """``inference_mode`` for evaluation; ``no_grad`` where FSDP2 shards blocks of ``model``
     (its all-gathered weights are reused by training, so they cannot be inference tensors)."""
