@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cl import distributed
 from cl.errors import ConfigError, reason
 from cl.strategy import RunContext, Strategy, TrainConfig
 from cl.validation import check_config, one_of, positive, unknown_keys
@@ -255,7 +256,10 @@ def build(cfg: DictConfig) -> Built:
     load_builtin_streams()
     load_builtin_models()
     train: TrainConfig = to_dataclass(cfg.train, TrainConfig, "train")
-    device = resolve_device(str(cfg.device))
+    rank = distributed.current(torch.device("cpu"))
+    device = resolve_device(distributed.rank_device(str(cfg.device), rank))
+    dist_info = distributed.current(device)
+    distributed.check_batch(train.batch_size, dist_info)
     to_dataclass(cfg.logger, LoggerConfig, "logger")
 
     s_entry = STREAMS.get(str(cfg.stream.name))
@@ -273,6 +277,7 @@ def build(cfg: DictConfig) -> Built:
 
     torch.manual_seed(int(cfg.seed))
     model = build_model(m_entry.builder, model_cfg, info, device)
+    model = distributed.sync_batch_norm(model, dist_info, device)
 
     stream = stream.to(device)
     context = RunContext(
@@ -282,9 +287,12 @@ def build(cfg: DictConfig) -> Built:
         train=train,
         past_experience=lambda i: stream.experiences[i],
         deterministic=bool(cfg.get("deterministic", False)),
+        dist=dist_info,
     )
     with allocating(f"strategy {strat_cfg.name!r}", device):
         strategy = strat_cls(config=strat_cfg, model=model, context=context)
+    if dist_info.enabled and train.distributed == "fsdp":
+        distributed.shard_frozen(model, dist_info)
     return Built(stream=stream, model=model, strategy=strategy, context=context, train=train)
 
 
@@ -297,8 +305,10 @@ def validate_config(cfg: DictConfig) -> None:
     from cl.streams import STREAMS
 
     load_plugins_of(cfg)
-    to_dataclass(cfg.train, TrainConfig, "train")
-    resolve_device(str(cfg.device))
+    train = to_dataclass(cfg.train, TrainConfig, "train")
+    rank = distributed.current(torch.device("cpu"))
+    resolve_device(distributed.rank_device(str(cfg.device), rank))
+    distributed.check_batch(train.batch_size, rank)
     to_dataclass(cfg.logger, LoggerConfig, "logger")
     to_dataclass(cfg.stream, STREAMS.get(str(cfg.stream.name)).config_cls, "stream")
     to_dataclass(cfg.strategy, get_strategy(str(cfg.strategy.name)).config_cls, "strategy")

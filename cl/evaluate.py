@@ -21,9 +21,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cl import distributed
 from cl.metrics import evaluation_protocol
 from cl.strategy import Strategy
 from cl.streams.base import Experience, Stream, TensorData
+
+
+def _shard(data: object, info: distributed.DistInfo) -> object:
+    """This rank's slice of a test set (all of it in a single-process run)."""
+    if not info.enabled:
+        return data
+    rows = distributed.shard_rows(len(data), info)  # type: ignore[arg-type]
+    if isinstance(data, TensorData):
+        return TensorData(data.x[rows], data.y[rows], data.t[rows])
+    return torch.utils.data.Subset(data, range(len(data))[rows])  # type: ignore[arg-type]
 
 
 def _batches(data: object, bs: int, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -46,7 +57,6 @@ def _class_mask(n_classes: int, classes: Sequence[int], device: torch.device) ->
     return mask
 
 
-@torch.inference_mode()
 def accuracy(
     strategy: Strategy[Any],
     exp: Experience,
@@ -65,6 +75,18 @@ def accuracy(
     hook = getattr(exp.test, "evaluate", None)
     if hook is not None:  # the data scores itself (text-to-text tasks: cl.evaluate_lm)
         return float(hook(strategy, batch_size=batch_size, task_aware=task_aware))
+    with distributed.inference(strategy.model):
+        return _accuracy(strategy, exp, n_classes, batch_size, task_aware, allowed_classes)
+
+
+def _accuracy(
+    strategy: Strategy[Any],
+    exp: Experience,
+    n_classes: int,
+    batch_size: int,
+    task_aware: bool,
+    allowed_classes: Sequence[int] | None,
+) -> float:
     device = strategy.device
     total = 0
     if task_aware:
@@ -74,7 +96,8 @@ def accuracy(
     else:
         mask = None
     correct_t = torch.zeros((), dtype=torch.long, device=device)
-    for x, y, t in _batches(exp.test, batch_size, device):
+    info = strategy.context.dist
+    for x, y, t in _batches(_shard(exp.test, info), batch_size, device):
         with strategy.autocast(evaluation=True):
             logits = strategy.predict(strategy.eval_input(x), t if task_aware else None)
         logits = logits.float()
@@ -82,7 +105,10 @@ def accuracy(
             logits = logits.masked_fill(~mask, float("-inf"))
         correct_t += (logits.argmax(dim=1) == y).sum()
         total += len(y)
-    return int(correct_t) / max(total, 1)
+    correct = int(correct_t)
+    if info.enabled:  # each rank scored its slice: sum the counts
+        correct, total = (int(v) for v in distributed.sum_over_ranks((correct, total), device))
+    return correct / max(total, 1)
 
 
 def evaluate_row(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cl import distributed
 from cl.budget import count_parameters, timer
 from cl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl.config import (
@@ -30,7 +31,7 @@ from cl.config import (
     register_configs,
 )
 from cl.determinism import deterministic_mode
-from cl.errors import CLError, NonFiniteLossError
+from cl.errors import CLError, ConfigError, NonFiniteLossError
 from cl.evaluate import evaluate_row, primary, protocol
 from cl.logging.base import RunRecord, Sink
 from cl.logging.console import ConsoleSink
@@ -48,9 +49,14 @@ from cl.rundir import (
 # instead, for in-process tests (see cl.testing).
 KILL_AFTER_ENV = "CL_KILL_AFTER_EXPERIENCE"
 KILL_AT_STEP_ENV = "CL_KILL_AT_STEP"
+# In a distributed run, only this rank is killed by the hooks above (default: every rank).
+KILL_RANK_ENV = "CL_KILL_RANK"
 
 
 def _simulated_kill(where: str, spec: str) -> None:
+    only = os.environ.get(KILL_RANK_ENV)
+    if only is not None and int(only) != distributed.current(torch.device("cpu")).rank:
+        return
     if spec.endswith(":raise"):
         raise KeyboardInterrupt(f"simulated kill {where}")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -200,23 +206,35 @@ def run_experiment(
         RunDirError: The directory is in use, a new run would overwrite an earlier one, or
             an override cannot change on resume.
     """
+    info = distributed.current(torch.device("cpu"))
     resume = cfg.get("resume")
     saved = None
     if resume:
         run_dir = Path(str(resume))
-        saved = load_run_config(run_dir)
-    with run_dir_lock(run_dir), _sigterm_records():
+    with contextlib.ExitStack() as stack:
+        error: CLError | None = None
+        try:  # rank 0 alone holds the lock and writes; every rank learns whether it could
+            if resume:
+                saved = load_run_config(run_dir)
+            if info.is_main:
+                stack.enter_context(run_dir_lock(run_dir))
+                if saved is None:
+                    check_fresh(run_dir)
+                    if hydra_files:
+                        write_hydra_files(run_dir, hydra_files)
+        except CLError as e:
+            error = e
+        distributed.agree(error, info)
+        stack.enter_context(_sigterm_records())
         if saved is None:
-            check_fresh(run_dir)
-            if hydra_files:
-                write_hydra_files(run_dir, hydra_files)
             return _run(cfg, run_dir, None, resumed=False)
         cfg, applied = apply_resume_overrides(saved, cfg, overrides)
         finished = _finished_record(run_dir)
         if finished is not None:
-            print(f"run {finished.name} in {run_dir} is already complete; nothing to do")
+            if info.is_main:
+                print(f"run {finished.name} in {run_dir} is already complete; nothing to do")
             return finished
-        if applied:
+        if applied and info.is_main:
             print(f"resuming with {' '.join(applied)}", file=sys.stderr)
         return _run(cfg, run_dir, load_checkpoint(run_dir / "checkpoints"), resumed=True)
 
@@ -274,7 +292,10 @@ def _run_body(
             record.wandb_id = _previous_wandb_id(run_dir)
         start = 0
 
-    out = _Fanout(make_sinks(cfg, run_dir, record))
+    info = built.context.dist
+    record.world_size, record.backend = info.world_size, info.backend
+    # Only rank 0 writes (files, console, W&B); the other ranks train and evaluate their shards.
+    out = _Fanout(make_sinks(cfg, run_dir, record) if info.is_main else [])
     try:
         out.start(record, resumed=checkpoint is not None)
         if start == 0:
@@ -365,7 +386,7 @@ def _train_one(
             "metrics": record.metrics(),
         }
     )
-    if cfg.checkpoint.enabled:
+    if cfg.checkpoint.enabled and built.context.dist.is_main:
         save_checkpoint(
             run_dir / "checkpoints",
             {
@@ -400,10 +421,13 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         "overrides.yaml": hc.overrides.task,
     }
     overrides = [str(o) for o in hc.overrides.task]
+    joined = False
     try:
+        _, joined = distributed.init_for_job()  # a submitit SLURM job of several tasks
         record = run_experiment(cfg, run_dir, overrides=overrides, hydra_files=hydra_files)
     except CLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if distributed.current(torch.device("cpu")).is_main:
+            print(f"error: {e}", file=sys.stderr)
         if multirun:
             return _job_failed(cfg, run_dir, e)
         sys.exit(e.exit_code)
@@ -412,6 +436,9 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             raise
         traceback.print_exc()
         return _job_failed(cfg, run_dir, e)
+    finally:
+        if joined:
+            distributed.shutdown()
     value = record.metrics()["avg_acc"]
     return None if value is None else float(value)
 
@@ -423,6 +450,8 @@ def _job_failed(cfg: DictConfig, run_dir: Path, e: Exception) -> float:
     failed before (bad config value, missing data) gets a minimal one with status "failed",
     unless the directory belongs to another run. NaN tells the Optuna sweeper the trial failed.
     """
+    if not distributed.current(torch.device("cpu")).is_main:
+        return float("nan")  # rank 0 records it
     if not isinstance(e, RunDirError) and not (run_dir / "results.json").exists():
         try:
             config = OmegaConf.to_container(cfg, resolve=True)
@@ -452,18 +481,53 @@ def cli(argv: list[str] | None = None) -> int:
     The command line is checked before Hydra starts (:func:`cl.preflight.preflight`), so a bad
     input is one ``error:`` line, exit code 2, and creates no run directory.
     """
-    import hydra
-
     from cl.plugins import prepare_overrides
     from cl.preflight import preflight
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    info = distributed.SINGLE
     try:
-        argv = prepare_overrides(argv)  # plugins first: their schemas and conf/ folders
-        preflight(argv)
+        info = distributed.init_from_env()
+        error: CLError | None = None
+        try:
+            argv = prepare_overrides(argv)  # plugins first: their schemas and conf/ folders
+            preflight(argv)
+        except CLError as e:
+            error = e
+        distributed.agree(error, info)  # a problem of one rank stops all; rank 0 says it
+        argv = _distributed_argv(argv, info)
     except CLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if info.is_main:  # every rank found the same problem: rank 0 says it
+            print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    try:
+        return _cli_hydra(argv)
+    finally:
+        if info.enabled:
+            distributed.shutdown()
+
+
+def _distributed_argv(argv: list[str], info: distributed.DistInfo) -> list[str]:
+    """Every rank of a distributed run gets rank 0's run directory (its timestamp)."""
+    if not info.enabled:
+        return argv
+    if any(a in ("-m", "--multirun") or a.startswith("--multirun") for a in argv):
+        raise ConfigError(
+            "a distributed run (WORLD_SIZE > 1) runs one job; start sweeps without torchrun"
+        )
+    if not info.is_main:  # Hydra's job log file is rank 0's too; other ranks log to stdout
+        argv = [*argv, "hydra/job_logging=stdout"]
+    if any(a.startswith(("hydra.run.dir=", "+hydra.run.dir=")) for a in argv):
+        return argv
+    import datetime as dt
+
+    stamp = distributed.broadcast(dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"), info)
+    return [*argv, f"hydra.run.dir='${{cl_run_dir:${{resume}},outputs/{stamp}}}'"]
+
+
+def _cli_hydra(argv: list[str]) -> int:
+    import hydra
+
     register_configs()
     entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(
         _hydra_entry

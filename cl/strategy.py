@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cl import distributed
 from cl.budget import count_parameters, state_extra_bytes
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.optim import (
@@ -83,6 +84,9 @@ class TrainConfig:
             always stay in; masked logits are set to a large negative value before the loss,
             so masked classes' outputs get no gradient from it. Regularisers and
             distillation get the unmasked logits; evaluation is unaffected.
+        distributed: Multi-process runs (under torchrun): ``ddp`` (every rank holds the whole
+            model; gradients summed over ranks) or ``fsdp`` (also shards a frozen backbone's
+            weights with FSDP2, for frozen-backbone strategies). Ignored in one process.
     """
 
     epochs: int = 5
@@ -102,6 +106,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_steps: int = 0
     logit_mask: str = "none"
+    distributed: str = "ddp"
 
     def validate(self) -> None:
         if self.epochs <= 0:
@@ -131,6 +136,11 @@ class TrainConfig:
         if self.logit_mask not in LOGIT_MASKS:
             raise ConfigError(
                 f"unknown train.logit_mask {self.logit_mask!r}; valid: {', '.join(LOGIT_MASKS)}"
+            )
+        if self.distributed not in distributed.MODES:
+            raise ConfigError(
+                f"unknown train.distributed {self.distributed!r}; "
+                f"valid: {', '.join(distributed.MODES)}"
             )
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -164,6 +174,7 @@ class RunContext:
         past_experiences: Callable giving experience ``i`` for ``i`` already trained on
             (used by strategies such as joint training to rebuild state on resume).
         deterministic: Deterministic algorithms were requested: evaluation runs in fp32.
+        dist: This process's rank and world size (see :mod:`cl.distributed`).
     """
 
     device: torch.device
@@ -172,6 +183,7 @@ class RunContext:
     train: TrainConfig
     past_experience: Callable[[int], Experience] | None = None
     deterministic: bool = False
+    dist: distributed.DistInfo = distributed.SINGLE
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -219,6 +231,9 @@ class Strategy(ABC, Generic[C]):
     # Config overrides of the small setup the contract tests run this strategy on (a tiny ViT,
     # a tiny text encoder, ...); empty: cl.testing.DEFAULT_SETUP (shrunk split_digits, MLP).
     test_setup: ClassVar[tuple[str, ...]] = ()
+    # Tensor attributes accumulated from the rank's shard while training (counts, statistics):
+    # summed over ranks before after_experience in a distributed run (see cl.distributed).
+    shard_reduced: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, config: C, model: nn.Module, context: RunContext) -> None:
         self.config = config
@@ -238,6 +253,11 @@ class Strategy(ABC, Generic[C]):
                 raise ConfigError(
                     f"strategy {self.name!r} runs its own training loop and does not apply "
                     f"stream.augment={pipe.augment}"
+                )
+            if context.dist.enabled:
+                raise ConfigError(
+                    f"strategy {self.name!r} runs its own training loop and cannot run "
+                    "distributed; start it as one process"
                 )
 
     # ----------------------------------------------------------------- checks
@@ -483,6 +503,7 @@ class Strategy(ABC, Generic[C]):
         )
         sched = lr_scheduler(self.optimizer, factor)
         mask = self._training_mask(exp)
+        dist = self.context.dist
         self.model.train()
         steps = samples = 0
         loss_sum = torch.zeros((), device=self.device)
@@ -492,7 +513,9 @@ class Strategy(ABC, Generic[C]):
             n_last = 0
             aug_gen = self.generator(exp.index, epoch, AUGMENT_SALT)
             for batch in self.train_batches(exp, epoch):
-                batch = self.augment(batch, aug_gen)
+                batch = self.augment(batch, aug_gen)  # the global batch: as one process
+                n_batch = len(batch.y)  # the global batch; a rank trains on its shard of it
+                batch, share = distributed.shard_batch(batch, dist)
                 self.optimizer.zero_grad(set_to_none=True)
                 with self.autocast():
                     logits = self.forward(batch.x, batch.task_ids)
@@ -501,7 +524,11 @@ class Strategy(ABC, Generic[C]):
                     extra = self.extra_loss(batch, logits)
                     if extra is not None:
                         loss = loss + extra
-                loss.backward()
+                if dist.enabled:
+                    (loss * share).backward()
+                    loss = distributed.reduce_gradients(params, loss.detach() * share)
+                else:
+                    loss.backward()
                 if tc.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 self.optimizer.step()
@@ -511,15 +538,16 @@ class Strategy(ABC, Generic[C]):
                 loss_sum += loss.detach()
                 steps += 1
                 n_last += 1
-                samples += len(batch.y)
+                samples += n_batch
                 if on_step is not None:
-                    on_step(steps, len(batch.y), loss.detach())
+                    on_step(steps, n_batch, loss.detach())
             # One host sync per epoch: a NaN anywhere in the epoch makes the sum non-finite.
             if not torch.isfinite(loss_sum):
                 raise NonFiniteLossError(
                     f"loss became non-finite while training experience {exp.index} "
                     f"(epoch {epoch}); try a smaller train.lr or train.grad_clip"
                 )
+        distributed.reduce_shard_state(self, dist)
         self.after_experience(exp)
         return ExperienceStats(
             index=exp.index,

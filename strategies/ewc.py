@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from cl import distributed
 from cl.errors import ConfigError
 from cl.fisher import (
     Quadratic,
@@ -159,14 +160,18 @@ class EWC(Strategy[EWCConfig]):
         if not self.importance or self.config.ewc_lambda == 0:
             return
         named = dict(self.model.named_parameters())
+        # Distributed: ranks' gradients are summed, so one rank adds the penalty's gradient.
+        once = self.context.dist.is_main
         for n, a in self.importance.items():
             p = named.get(n)
             if p is None or not p.requires_grad:
                 continue
             scale = (self.config.ewc_lambda * a).to(p.dtype)
             shift = scale * self.anchor[n].to(p.dtype)
+            if not once:  # keep the implicit step's scaling of the gradient, add no penalty
+                scale, shift = torch.zeros_like(scale), torch.zeros_like(shift)
             if self.config.penalty_step == "implicit":
-                inv = 1.0 / (1.0 + self.context.train.lr * scale)
+                inv = 1.0 / (1.0 + self.context.train.lr * self.config.ewc_lambda * a.to(p.dtype))
                 hook = partial(add_penalty_grad_implicit, scale, shift, inv)
             else:
                 hook = partial(add_penalty_grad, scale, shift)
@@ -247,9 +252,9 @@ class EWC(Strategy[EWCConfig]):
         # Several minibatches per pass: the same minibatches as a loop over train.batch_size,
         # but Linear layers get every minibatch's mean gradient from one batched matmul.
         per_pass = bs * max(1, self.config.fisher_batch_size // bs)
-        n_batches = 0
-        for b in self._chunks(data, per_pass):
-            n_batches += -(-len(b.y) // bs)
+        info = self.context.dist  # distributed: ranks share the passes, n_batches counts all
+        n_batches = len(data) // per_pass * (per_pass // bs) - (-(len(data) % per_pass) // bs)
+        for b in distributed.owned(self._chunks(data, per_pass), info):
             if self.config.fisher_method == "auto" and linear_batched_fisher(
                 self.model, names, b, bs, out
             ):
@@ -262,6 +267,7 @@ class EWC(Strategy[EWCConfig]):
                 for n, g in zip(names, grads, strict=True):
                     if g is not None:
                         out[n] += g.float().pow(2)
+        distributed.sum_tensors(out.values(), info)
         return {n: f / max(n_batches, 1) for n, f in out.items()}
 
     def _fisher_per_sample(
@@ -270,7 +276,9 @@ class EWC(Strategy[EWCConfig]):
         params = dict(self.model.named_parameters())
         out = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
         gen = self.generator(exp_index, 78)
-        for b in self._chunks(data, self.config.fisher_batch_size):
+        # Distributed: ranks share the chunks (the sampled estimator draws in sequence: all).
+        info = self.context.dist if self.config.estimator != "sampled" else distributed.SINGLE
+        for b in distributed.owned(self._chunks(data, self.config.fisher_batch_size), info):
             labels = None  # exact: expectation over every class
             if self.config.estimator == "empirical":
                 labels = b.y
@@ -283,6 +291,7 @@ class EWC(Strategy[EWCConfig]):
                 done = linear_fisher(self.model, names, b, labels, out)
             if not done:
                 vmap_fisher(self.model, names, b, labels, out)
+        distributed.sum_tensors(out.values(), info)
         return {n: f / len(data) for n, f in out.items()}
 
     # ------------------------------------------------------------------- state

@@ -105,6 +105,7 @@ class L2P(Strategy[L2PConfig]):
 
     config_cls = L2PConfig
     test_setup = TINY_VIT_SETUP
+    shard_reduced = ("_counts",)  # this task's selection counts, summed over ranks
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -35,6 +35,8 @@ class RunRecord:
     wandb_id: str | None = None
     evaluation: str | None = None
     wandb_error: str | None = None
+    world_size: int = 1
+    backend: str | None = None
 
     @property
     def n_done(self) -> int:
@@ -75,6 +77,8 @@ class RunRecord:
                 "error": self.error,
                 "wandb_id": self.wandb_id,
                 "wandb_error": self.wandb_error,
+                "world_size": self.world_size,
+                "backend": self.backend,
             },
             "config": self.config,
             "stream": {**self.stream, "evaluation": self.protocol},
@@ -126,6 +130,8 @@ class RunRecord:
             error=run.get("error"),
             wandb_id=run.get("wandb_id"),
             wandb_error=run.get("wandb_error"),
+            world_size=run.get("world_size", 1),
+            backend=run.get("backend"),
         )
 
 

@@ -1,0 +1,128 @@
+"""One rank of the distributed tests, started by ``torchrun`` from tests/test_distributed.py.
+
+``python -m torch.distributed.run --standalone --nproc_per_node=2 distributed_worker.py OUT``
+runs, in one process group:
+
+* the cross-rank state contract for every registered strategy: each trains its contract setup
+  (``Strategy.test_setup``) experience by experience and, after each one, every rank's hash of
+  ``state_dict()`` is gathered (a strategy that cannot run distributed must say so in one
+  ``ConfigError``);
+* whole runs of the equivalence strategies with the global batch of the one-process reference,
+  and one run killed on all ranks inside an experience and resumed.
+
+Rank 0 writes ``OUT/results.json`` for the test to compare with its one-process references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cl import distributed
+from cl.errors import ConfigError
+
+EQUIVALENCE = ("naive", "ewc", "replay", "lwf", "l2p")
+RESUME = "replay"
+FSDP = "l2p"
+FSDP_ARGS = ("train.distributed=fsdp",)
+
+
+def state_hash(obj: Any) -> str:
+    """A hash of a nested state (tensors by dtype, shape and bytes)."""
+    h = hashlib.sha256()
+
+    def visit(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            for k in sorted(o, key=repr):
+                h.update(f"K{k!r}".encode())
+                visit(o[k])
+        elif isinstance(o, list | tuple):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                visit(v)
+        else:
+            h.update(repr(o).encode())
+
+    visit(obj)
+    return h.hexdigest()
+
+
+def gathered(value: Any, world: int) -> list[Any]:
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def contracts(world: int) -> dict[str, Any]:
+    from cl.config import build
+    from cl.strategy import list_strategies
+    from cl.testing import compose, setup_overrides
+
+    results: dict[str, Any] = {}
+    for name in list_strategies():
+        t0 = time.perf_counter()
+        try:
+            built = build(compose(setup_overrides(name)))
+        except ConfigError as e:
+            results[name] = {"refused": str(e)}
+            continue
+        strat = built.strategy
+        hashes = [gathered(state_hash(strat.state_dict()), world)]  # as built
+        for exp in list(built.stream)[:2]:  # two experiences: the second sees earlier state
+            strat.train_experience(exp)
+            hashes.append(gathered(state_hash(strat.state_dict()), world))
+        results[name] = {"hashes": hashes, "seconds": time.perf_counter() - t0}
+    return results
+
+
+def runs(world: int, root: Path, batch_size: int) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from cl.run import run_experiment
+    from cl.testing import check_resume, compose, setup_overrides
+
+    out: dict[str, Any] = {}
+    for name in EQUIVALENCE:
+        cfg = compose(setup_overrides(name, f"train.batch_size={batch_size}"))
+        rec = run_experiment(cfg, root / f"run-{name}")
+        out[name] = {
+            "acc_matrix": rec.acc_matrix,
+            "losses": [p["final_loss"] for p in rec.per_experience],
+            "world_size": rec.world_size,
+            "backend": rec.backend,
+        }
+        if name == FSDP:  # the frozen ViT blocks sharded with FSDP2: the same matrix
+            cfg = compose(setup_overrides(name, f"train.batch_size={batch_size}", *FSDP_ARGS))
+            rec = run_experiment(cfg, root / "run-fsdp")
+            out["fsdp"] = {"acc_matrix": rec.acc_matrix}
+        if name == RESUME:
+            resumed = check_resume(cfg, root / "resume", reference=rec, kill_step=(1, 2))
+            out["resume"] = {"acc_matrix": resumed.acc_matrix}
+            assert OmegaConf.select(cfg, "strategy.name") == name
+    return out
+
+
+def main() -> None:
+    out_dir = Path(sys.argv[1])
+    batch_size = int(sys.argv[2])
+    info = distributed.init_from_env()
+    world = info.world_size
+    result = {"contracts": contracts(world), "runs": runs(world, out_dir, batch_size)}
+    if info.is_main:
+        (out_dir / "results.json").write_text(json.dumps(result))
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
