@@ -137,7 +137,7 @@ def warm_up(device: torch.device) -> None:
     and CUDA kernels set up caches. One throwaway step of each built-in optimiser on the run's
     device does all of it, so ``train_seconds`` of the first experience measures training.
     """
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo
 
     p = torch.nn.Parameter(torch.zeros(8, device=device))
     for opt in (
