@@ -71,26 +71,30 @@ def optimizer_delta(
 
 def _sgd(p: Tensor, g: Tensor, group: dict, state: dict) -> Tensor:
     lr, wd, mom = float(group["lr"]), group["weight_decay"], group["momentum"]
-    d = g + wd * p if wd else g
+    d = g.add(p, alpha=wd) if wd else g
     if mom:
         buf = state.get("momentum_buffer")
-        buf = d.clone() if buf is None else mom * buf + (1 - group["dampening"]) * d
-        d = d + mom * buf if group["nesterov"] else buf
-    return -lr * d
+        buf = d if buf is None else buf.mul(mom).add_(d, alpha=1 - group["dampening"])
+        d = d.add(buf, alpha=mom) if group["nesterov"] else buf
+    return d.mul(-lr)
 
 
 def _adam(p: Tensor, g: Tensor, group: dict, state: dict, *, decoupled: bool) -> Tensor:
+    # Few passes and two temporaries: the hypernetwork's output layer has millions of weights.
     lr, wd, eps = float(group["lr"]), group["weight_decay"], group["eps"]
     beta1, beta2 = group["betas"]
     if wd and not decoupled:
-        g = g + wd * p
+        g = g.add(p, alpha=wd)
     t = float(state["step"]) + 1 if "step" in state else 1.0
-    m = state.get("exp_avg", torch.zeros_like(p)) * beta1 + (1 - beta1) * g
-    v = state.get("exp_avg_sq", torch.zeros_like(p)) * beta2 + (1 - beta2) * g * g
-    if group.get("amsgrad", False):
-        v = torch.maximum(state.get("max_exp_avg_sq", torch.zeros_like(p)), v)
-    denom = v.sqrt() / (1 - beta2**t) ** 0.5 + eps
-    delta = -(lr / (1 - beta1**t)) * m / denom
+    if "exp_avg" in state:
+        m = state["exp_avg"].mul(beta1).add_(g, alpha=1 - beta1)
+        v = state["exp_avg_sq"].mul(beta2).addcmul_(g, g, value=1 - beta2)
+    else:
+        m, v = g.mul(1 - beta1), g.mul(g).mul_(1 - beta2)
+    if group.get("amsgrad", False) and "max_exp_avg_sq" in state:
+        torch.maximum(state["max_exp_avg_sq"], v, out=v)
+    v.sqrt_().div_((1 - beta2**t) ** 0.5).add_(eps)
+    delta = m.div_(v).mul_(-lr / (1 - beta1**t))
     if wd and decoupled:
-        delta = delta - lr * wd * p
+        delta.add_(p, alpha=-lr * wd)
     return delta

@@ -42,6 +42,16 @@ def normalized_entropy(
     return ent / math.log(k) if k > 1 else torch.zeros_like(ent)
 
 
+@dataclass
+class RegStep:
+    """One training step's regularised old tasks: their stacked embeddings, their stored
+    targets, and the outputs generated for them (at ``theta`` or ``theta + dtheta``)."""
+
+    emb: Tensor
+    target: Tensor
+    pred: Tensor | None = None
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """Names and shapes of the generated target parameters, in flat-vector order.
