@@ -86,15 +86,16 @@ def _adam(p: Tensor, g: Tensor, group: dict, state: dict, *, decoupled: bool) ->
     if wd and not decoupled:
         g = g.add(p, alpha=wd)
     t = float(state["step"]) + 1 if "step" in state else 1.0
-    if "exp_avg" in state:
-        m = state["exp_avg"].mul(beta1).add_(g, alpha=1 - beta1)
-        v = state["exp_avg_sq"].mul(beta2).addcmul_(g, g, value=1 - beta2)
+    if "exp_avg" in state:  # the moments after this step: lerp is one pass
+        m = state["exp_avg"].lerp(g, 1 - beta1)
+        v = g.mul(g).lerp_(state["exp_avg_sq"], beta2)
     else:
         m, v = g.mul(1 - beta1), g.mul(g).mul_(1 - beta2)
     if group.get("amsgrad", False) and "max_exp_avg_sq" in state:
         torch.maximum(state["max_exp_avg_sq"], v, out=v)
-    v.sqrt_().div_((1 - beta2**t) ** 0.5).add_(eps)
-    delta = m.div_(v).mul_(-lr / (1 - beta1**t))
+    # -lr/c1 * m / (sqrt(v)/sqrt(c2) + eps) = -lr*sqrt(c2)/c1 * m / (sqrt(v) + eps*sqrt(c2))
+    c1, c2 = 1 - beta1**t, (1 - beta2**t) ** 0.5
+    delta = m.div_(v.sqrt_().add_(eps * c2)).mul_(-lr * c2 / c1)
     if wd and decoupled:
         delta.add_(p, alpha=-lr * wd)
     return delta
