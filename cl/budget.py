@@ -24,6 +24,9 @@ class Budget:
         eval_seconds: Wall time in evaluation.
         samples_per_second: Training samples processed per training second.
         peak_memory_bytes: Peak CUDA memory on GPU, peak resident set size on CPU.
+        startup_seconds: Wall time of the run's one-time set-up before its first training
+            step (building stream, model and strategy, loading a checkpoint, and
+            :func:`warm_up`), kept out of ``train_seconds``; a resumed run adds its own.
     """
 
     trainable_params: int = 0
@@ -32,6 +35,7 @@ class Budget:
     eval_seconds: float = 0.0
     samples_per_second: float = 0.0
     peak_memory_bytes: int = 0
+    startup_seconds: float = 0.0
     train_samples: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
@@ -123,6 +127,29 @@ def state_extra_bytes(state: Mapping[str, Any], model_state: Mapping[str, Any]) 
     elif model is not None:
         rest["model"] = model
     return tensor_bytes(rest, exclude=own)
+
+
+def warm_up(device: torch.device) -> None:
+    """Pay once-per-process costs now, before any training timer starts.
+
+    Building the first optimiser imports ``torch._dynamo`` (seconds, once per process: the
+    optimisers' methods are wrapped to be skipped by the compiler); the first optimiser steps
+    and CUDA kernels set up caches. One throwaway step of each built-in optimiser on the run's
+    device does all of it, so ``train_seconds`` of the first experience measures training.
+    """
+    import torch._dynamo
+
+    p = torch.nn.Parameter(torch.zeros(8, device=device))
+    for opt in (
+        torch.optim.SGD([p], lr=0.1, momentum=0.9),
+        torch.optim.Adam([p], lr=0.1, fused=device.type == "cuda" or None),
+        torch.optim.AdamW([p], lr=0.1, fused=device.type == "cuda" or None),
+    ):
+        p.grad = torch.ones_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import random
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
@@ -20,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cl import distributed
-from cl.budget import count_parameters, timer
+from cl.budget import count_parameters, timer, warm_up
 from cl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cl.config import (
     CONF_DIR,
@@ -249,6 +250,7 @@ def _run(
 def _run_body(
     cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None, *, resumed: bool
 ) -> RunRecord:
+    t_start = time.perf_counter()
     seed = int(cfg.seed)
     seed_all(seed)
     built = build(cfg)
@@ -291,6 +293,8 @@ def _run_body(
         if resumed:  # died before its first checkpoint: keep the W&B run going
             record.wandb_id = _previous_wandb_id(run_dir)
         start = 0
+    warm_up(built.context.device)  # draws no random numbers: every RNG stream is unchanged
+    record.budget.startup_seconds += time.perf_counter() - t_start
 
     info = built.context.dist
     record.world_size, record.backend = info.world_size, info.backend

@@ -8,10 +8,11 @@ task gets its own output head, generated together with the backbone from ``e_t``
 over the task's classes); the model's own parameters, head included, are never trained. After
 each task the outputs ``h(e_t, theta*)`` for all learned tasks are stored, and while learning a
 new task the output regulariser ``beta/(T-1) sum_t ||h(e_t, theta*) - h(e_t, theta + dtheta)||^2``
-keeps them, optionally on a random subset of old tasks per step and with the look-ahead
-``dtheta`` (the step the task loss alone would take). Batch-norm statistics are kept per task.
-Without task ids, the task is inferred per sample as the stored embedding whose network gives the
-lowest predictive entropy (HNET+ENT).
+keeps them (optionally a random subset of old tasks per step), all in one batched hypernetwork
+pass; with look-ahead, ``dtheta`` is the step the optimiser would take on the task loss alone
+(hypercl's default; ``lookahead_step=sgd``: ``-lr * grad``). Batch-norm statistics are kept per
+task. Without task ids, the task is inferred per sample as the stored embedding whose network
+gives the lowest predictive entropy (HNET+ENT), normalised by ``log(number of classes)``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from cl.errors import ConfigError
-from cl.models.hypernet import ACTIVATIONS, HyperNetwork, TargetSpec
+from cl.lookahead import LOOKAHEAD_STEPS, optimizer_delta, sgd_delta
+from cl.models.hypernet import (
+    ACTIVATIONS,
+    HyperNetwork,
+    RegStep,
+    TargetSpec,
+    normalized_entropy,
+)
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
 from cl.validation import non_negative, one_of, positive
@@ -46,6 +54,10 @@ class HypernetConfig(StrategyConfig):
         reg_tasks_per_step: Regularise a random subset of this many old tasks per step
             (null: all of them).
         lookahead: Regularise at ``theta + dtheta`` (dtheta: the task loss's own step).
+        lookahead_step: ``optimizer``: dtheta is the optimiser's own next step on the task
+            loss (its state and lr; hypercl's default); ``sgd``: the plain ``-lr * grad``.
+        ent_temperature: Temperature of the softmax whose entropy infers the task.
+        ent_normalize: Divide each task's entropy by ``log`` of its number of classes.
     """
 
     name: str = "hypernet"
@@ -58,12 +70,16 @@ class HypernetConfig(StrategyConfig):
     chunk_emb_dim: int = 8
     reg_tasks_per_step: int | None = None
     lookahead: bool = False
+    lookahead_step: str = "optimizer"
+    ent_temperature: float = 1.0
+    ent_normalize: bool = True
 
     def validate(self) -> None:
         non_negative("strategy", self, "beta")
         positive("strategy", self, "emb_dim", "emb_init_std", "hidden_sizes", "chunk_size")
-        positive("strategy", self, "chunk_emb_dim", "reg_tasks_per_step")
+        positive("strategy", self, "chunk_emb_dim", "reg_tasks_per_step", "ent_temperature")
         one_of("strategy", self, "activation", ACTIVATIONS)
+        one_of("strategy", self, "lookahead_step", LOOKAHEAD_STEPS)
 
 
 @register_strategy("hypernet")
@@ -80,8 +96,7 @@ class Hypernet(Strategy[HypernetConfig]):
         feat = getattr(self.model, "feature_dim", None)
         if not isinstance(backbone, nn.Module) or not isinstance(feat, int):
             raise ConfigError("strategy 'hypernet' needs a model with a backbone and feature_dim")
-        if cfg.beta < 0 or (cfg.chunk_size is not None and cfg.chunk_size <= 0):
-            raise ConfigError("strategy.beta must be >= 0 and strategy.chunk_size positive")
+        cfg.validate()
         self.backbone = backbone
         self.task_classes = [list(c) for c in info.task_classes]
         width = max(len(c) for c in self.task_classes)
@@ -113,14 +128,13 @@ class Hypernet(Strategy[HypernetConfig]):
         self.targets: dict[int, Tensor] = {}
         self.current = 0
         self._reg_gen: torch.Generator | None = None
+        # Fixed within an experience: embeddings and targets of the old tasks, stacked.
+        self._old: tuple[Tensor, Tensor] | None = None
+        self._step: RegStep | None = None  # this training step's regulariser inputs
 
-    # ------------------------------------------------------------- generation
-    def generate(self, tasks: list[int], theta: dict[str, Tensor] | None = None) -> Tensor:
-        """Flat target weights ``(len(tasks), n)`` for ``tasks`` (hnet params ``theta``)."""
-        emb = torch.stack([self.embeddings[t] for t in tasks])
-        if theta is None:
-            return self.hnet(emb)
-        return functional_call(self.hnet, theta, (emb,))
+    def generate(self, tasks: list[int]) -> Tensor:
+        """Flat target weights ``(len(tasks), n)`` for ``tasks``, in one hypernetwork pass."""
+        return self.hnet(torch.stack([self.embeddings[t] for t in tasks]))
 
     def task_logits(self, x: Tensor, task: int, flat: Tensor) -> Tensor:
         """Logits of the generated network of ``task`` over that task's own classes."""
@@ -148,12 +162,23 @@ class Hypernet(Strategy[HypernetConfig]):
         assert out is not None
         return out
 
-    # ------------------------------------------------------------------ hooks
     def before_experience(self, exp: Experience) -> None:
         self.current = exp.task_id
         if exp.task_id not in self.bn_stats and self._bn_init:
             self.bn_stats[exp.task_id] = {k: v.clone() for k, v in self._bn_init.items()}
         self._reg_gen = self.generator(exp.index, 104_729)
+        old = [t for t in self.learned if t != self.current]
+        self._old = None
+        if old and self.config.beta > 0:
+            emb = torch.stack([self.embeddings[t].detach() for t in old])
+            self._old = (emb, torch.stack([self.targets[t] for t in old]))
+
+    def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam/AdamW with torch's fused kernel on CPU too (~8x faster on millions of weights)."""
+        tc, kinds = self.context.train, {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        if tc.optimizer not in kinds or not params:
+            return super().build_optimizer(params)
+        return kinds[tc.optimizer](params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         # Embeddings of earlier tasks stay fixed: only the current one is learned.
@@ -161,24 +186,52 @@ class Hypernet(Strategy[HypernetConfig]):
 
     def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         ids = task_ids if task_ids is not None else x.new_full((len(x),), self.current).long()
-        return self._logits_with_ids(x, ids)
+        self._step = None
+        if self._old is None or not torch.is_grad_enabled() or not (ids == self.current).all():
+            return self._logits_with_ids(x, ids)
+        emb, target = self._old
+        k = self.config.reg_tasks_per_step
+        if k is not None and k < len(emb):
+            pick = torch.randperm(len(emb), generator=self._reg_gen)[:k].to(self.device)
+            emb, target = emb[pick], target[pick]
+        self._step = RegStep(emb, target)
+        if self.config.lookahead:  # old tasks are generated at theta + dtheta, after loss()
+            flat = self.hnet(self.embeddings[self.current])
+        else:  # one hypernetwork pass for the current task and every regularised old one
+            flats = self.hnet(torch.cat([self.embeddings[self.current][None], emb]))
+            flat, self._step.pred = flats[0], flats[1:]
+        out = self._global(len(x), x)
+        cls = torch.as_tensor(self.task_classes[self.current], device=x.device)
+        out[:, cls] = self.task_logits(x, self.current, flat).to(out.dtype)
+        return out
+
+    def loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        task_loss = super().loss(logits, batch)
+        if not self.config.lookahead or self._step is None:
+            return task_loss
+        # hypercl's order: backpropagate the task loss, preview the optimiser's step from
+        # those gradients, regularise at theta + dtheta; the loop adds the regulariser's
+        # gradients to the ones accumulated here (so the returned loss is detached).
+        with torch.autocast(self.device.type, enabled=False):
+            task_loss.backward()
+        names, params = zip(*self.hnet.named_parameters(), strict=True)
+        assert self.optimizer is not None
+        preview = optimizer_delta if self.config.lookahead_step == "optimizer" else sgd_delta
+        delta = preview(self.optimizer, params, [p.grad for p in params])
+        theta = dict(self.hnet.named_buffers())
+        for n, p, d in zip(names, params, delta, strict=True):
+            theta[n] = p if d is None else p + d.detach()
+        self._step.pred = functional_call(self.hnet, theta, (self._step.emb,))
+        return task_loss.detach()
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
-        old = [t for t in self.learned if t != self.current]
-        if self.config.beta == 0 or not old:
+        step, self._step = self._step, None
+        if step is None or step.pred is None:
             return None
-        k = self.config.reg_tasks_per_step
-        if k is not None and 0 < k < len(old):
-            pick = torch.randperm(len(old), generator=self._reg_gen)[:k]
-            old = [old[i] for i in pick.tolist()]
-        theta = None
-        if self.config.lookahead:
-            theta = self._lookahead(self.loss(logits, batch))
-        pred = self.generate(old, theta)
-        target = torch.stack([self.targets[t] for t in old])
-        return self.config.beta / len(old) * (pred.float() - target).pow(2).sum()
+        return self.config.beta / len(step.target) * (step.pred.float() - step.target).pow(2).sum()
 
     def after_experience(self, exp: Experience) -> None:
+        self._old = None
         if exp.task_id not in self.learned:
             self.learned.append(exp.task_id)
         with torch.no_grad():  # theta*: targets for every learned task, recomputed now
@@ -196,16 +249,14 @@ class Hypernet(Strategy[HypernetConfig]):
             out[rows.unsqueeze(1), cls.unsqueeze(0)] = logits[i][rows].to(out.dtype)
         return out
 
-    # -------------------------------------------------------- task inference
     def _infer(self, x: Tensor) -> tuple[list[int], Tensor, list[Tensor]]:
         """Candidate tasks, index of the lowest-entropy one per sample, and their logits."""
         tasks = self.learned or [self.current]
         flats = self.generate(tasks)
         logits = [self.task_logits(x, t, f).float() for t, f in zip(tasks, flats, strict=True)]
-        ent = torch.stack(
-            [-(F.softmax(z, 1) * F.log_softmax(z, 1)).sum(1) for z in logits]
-        )  # (tasks, n)
-        return tasks, ent.argmin(0), logits
+        temp, norm = self.config.ent_temperature, self.config.ent_normalize
+        ent = torch.stack([normalized_entropy(z, temperature=temp, normalize=norm) for z in logits])
+        return tasks, ent.argmin(0), logits  # ent: (tasks, n)
 
     @torch.inference_mode()
     def infer_tasks(self, x: Tensor) -> Tensor:
@@ -224,18 +275,6 @@ class Hypernet(Strategy[HypernetConfig]):
         self.model.train(was_training)
         return hits / max(len(data), 1)
 
-    # ------------------------------------------------------------- internals
-    def _lookahead(self, task_loss: Tensor) -> dict[str, Tensor]:
-        """``theta + dtheta`` with dtheta the (detached) SGD step of the task loss alone."""
-        names, params = zip(*self.hnet.named_parameters(), strict=True)
-        grads = torch.autograd.grad(task_loss, params, retain_graph=True, allow_unused=True)
-        lr = self.context.train.lr
-        theta = {n: b for n, b in self.hnet.named_buffers()}
-        for n, p, g in zip(names, params, grads, strict=True):
-            theta[n] = p if g is None else p - lr * g.detach()
-        return theta
-
-    # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),

@@ -13,7 +13,10 @@ from torch.nn import functional as F
 
 from cl.checkpoint import load_checkpoint
 from cl.config import build
+from cl.lookahead import optimizer_delta, sgd_delta
+from cl.models.hypernet import normalized_entropy
 from cl.run import run_experiment
+from cl.strategy import Batch
 from cl.streams.base import TensorData
 from tests.conftest import compose_cfg, needs_fmnist
 
@@ -158,6 +161,103 @@ def test_per_task_batch_norm_statistics(tmp_path: Path) -> None:
     assert torch.equal(s.bn_stats[0][mean], first["bn_stats"][0][mean])
     assert not torch.allclose(s.bn_stats[0][mean], s.bn_stats[1][mean])
     assert s.extra_state_bytes() > 4 * 2 * s.spec.numel
+
+
+# ---------------------------------------------------- formulas (look-ahead, entropy)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, maximize=True),
+        lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1),
+        lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+    ],
+)
+def test_lookahead_previews_the_optimizer_step(make: Any) -> None:
+    """dtheta is exactly the change the optimiser's next step makes (its state included)."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3, generator=gen)) for _ in range(2)]
+    opt = make(params)
+    for step in range(4):  # the first preview has no state yet; later ones do
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        before = [p.detach().clone() for p in params]
+        delta = optimizer_delta(opt, params, grads)
+        if step == 2:  # the plain SGD step, at the group's lr
+            lr = opt.param_groups[0]["lr"]
+            sgd = sgd_delta(opt, params, grads)
+            assert all(torch.equal(d, -lr * g) for d, g in zip(sgd, grads, strict=True))
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        for p, b, d in zip(params, before, delta, strict=True):
+            assert d is not None
+            assert torch.allclose(p.detach() - b, d, atol=1e-6, rtol=1e-4)
+
+
+def test_normalized_entropy() -> None:
+    """Entropy / log(k): uniform is 1 for any class count, so tasks compare fairly."""
+    for k in (2, 5, 10):
+        assert torch.allclose(normalized_entropy(torch.zeros(3, k)), torch.ones(3))
+    z = torch.tensor([[2.0, 0.0, -1.0, 0.5]])
+    p = torch.softmax(z / 2.0, 1)
+    raw = -(p * p.log()).sum(1)
+    assert torch.allclose(normalized_entropy(z, temperature=2.0), raw / math.log(4))
+    assert torch.allclose(normalized_entropy(z, temperature=2.0, normalize=False), raw)
+    assert normalized_entropy(torch.tensor([[3.0]])).item() == 0.0
+    # A confident 10-class network has more raw entropy than an unsure 2-class one, less
+    # normalised: normalising makes the confident one win task inference.
+    confident = torch.tensor([[4.0] + [0.0] * 9])
+    unsure = torch.tensor([[0.3, 0.0]])
+    assert normalized_entropy(confident, normalize=False) > normalized_entropy(
+        unsure, normalize=False
+    )
+    assert normalized_entropy(confident) < normalized_entropy(unsure)
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_batched_regulariser_equals_per_task_sum(lookahead: bool) -> None:
+    """One batched pass gives beta/(T-1) sum_t ||h(e_t, theta + dtheta) - target_t||^2."""
+    cfg = compose_cfg(
+        [
+            *DIGITS,
+            "logger=none",
+            "stream=permuted_digits",
+            "stream.n_experiences=4",
+            "model.hidden_sizes=[16]",
+            "strategy.beta=0.5",
+            f"strategy.lookahead={lookahead}",
+            "strategy.lookahead_step=sgd",
+        ]
+    )
+    b = build(cfg)
+    s = b.strategy
+    with torch.no_grad():  # pretend tasks 0-2 were learned, with targets away from h(e_t)
+        s.learned = [0, 1, 2]
+        s.targets = {t: s.generate([t])[0] + 0.1 * (t + 1) for t in s.learned}
+    exp = b.stream[3]
+    s.before_experience(exp)
+    s.optimizer = s.build_optimizer(s.trainable_parameters())
+    batch = Batch(exp.train.x[:16], exp.train.y[:16], exp.train.t[:16])
+    logits = s.forward(batch.x, batch.task_ids)
+    task_loss = s.loss(logits, batch)
+    params = dict(s.hnet.named_parameters())
+    theta = dict(params)
+    if lookahead:  # the task loss was backpropagated: dtheta = -lr * grad
+        theta = {n: p - s.context.train.lr * p.grad for n, p in params.items()}
+        theta.update(dict(s.hnet.named_buffers()))
+    reg = s.extra_loss(batch, logits)
+    assert reg is not None
+    with torch.no_grad():
+        loop = sum(
+            (torch.func.functional_call(s.hnet, theta, (s.embeddings[t].detach(),)) - s.targets[t])
+            .pow(2)
+            .sum()
+            for t in (0, 1, 2)
+        )
+    assert torch.allclose(reg.detach(), 0.5 / 3 * loop, rtol=1e-5)
+    assert task_loss.requires_grad != lookahead  # with look-ahead, already backpropagated
 
 
 # ------------------------------------------------------- Fashion-MNIST criteria (slower)

@@ -25,6 +25,33 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+def normalized_entropy(
+    logits: Tensor, *, temperature: float = 1.0, normalize: bool = True
+) -> Tensor:
+    """Predictive entropy of ``softmax(logits / temperature)`` per row, in nats.
+
+    With ``normalize``, divided by ``log(k)`` for ``k`` classes (the entropy of the uniform
+    prediction), so it lies in [0, 1] whatever the class count: networks of tasks with
+    different numbers of classes compare fairly. One class: 0.
+    """
+    z = logits.float() / temperature
+    ent = -(F.softmax(z, -1) * F.log_softmax(z, -1)).sum(-1)
+    k = logits.shape[-1]
+    if not normalize:
+        return ent
+    return ent / math.log(k) if k > 1 else torch.zeros_like(ent)
+
+
+@dataclass
+class RegStep:
+    """One training step's regularised old tasks: their stacked embeddings, their stored
+    targets, and the outputs generated for them (at ``theta`` or ``theta + dtheta``)."""
+
+    emb: Tensor
+    target: Tensor
+    pred: Tensor | None = None
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """Names and shapes of the generated target parameters, in flat-vector order.

@@ -21,6 +21,7 @@ from cl.streams.augment import AUGMENT, EVAL_TRANSFORMS, NORMALIZE, make_pipelin
 from cl.streams.base import Experience, Stream, TensorData
 from cl.validation import fraction, non_negative, one_of, positive
 
+DIGITS_FILE = Path(__file__).parent / "data" / "digits.npz"
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 # File names of MNIST-style idx datasets (stored gzipped or not).
 IDX_FILES = {
@@ -145,21 +146,23 @@ FMNIST: Stats = ((FMNIST_MEAN,), (FMNIST_STD,))
 
 
 def load_digits_arrays(normalize: str = "standardize") -> Arrays:
-    """scikit-learn's 8x8 digits: a stratified 70/30 train/test split with a fixed seed;
-    ``standardize`` maps the pixels to [-1, 1], ``unit`` to [0, 1]."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's 8x8 digits (UCI optical digits, 1797 images) with its fixed 70/30 split;
+    ``standardize`` maps the pixels to [-1, 1], ``unit`` to [0, 1].
 
-    d = load_digits()
-    x = d.images.astype(np.float32) / 16.0
-    if normalize == "standardize":
-        x = (x - DIGITS_MEAN) / DIGITS_STD
-    xtr, xte, ytr, yte = train_test_split(
-        x, d.target, test_size=0.3, stratify=d.target, random_state=0
-    )
-    to_x = lambda a: torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1)  # noqa: E731
-    to_y = lambda a: torch.from_numpy(np.asarray(a)).long()  # noqa: E731
-    return to_x(xtr), to_y(ytr), to_x(xte), to_y(yte)
+    Shipped with the package as ``data/digits.npz`` (raw 0-16 pixel counts, split stratified
+    by class with ``random_state=0``), so the default run does not import scikit-learn.
+    """
+    with np.load(DIGITS_FILE) as d:
+        arrays = [d[k] for k in ("train_x", "train_y", "test_x", "test_y")]
+
+    def to_x(a: np.ndarray) -> Tensor:
+        x = torch.from_numpy(a).float() / 16.0
+        if normalize == "standardize":
+            x = (x - DIGITS_MEAN) / DIGITS_STD
+        return x.unsqueeze(1)
+
+    to_y = lambda a: torch.from_numpy(a).long()  # noqa: E731
+    return to_x(arrays[0]), to_y(arrays[1]), to_x(arrays[2]), to_y(arrays[3])
 
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
