@@ -105,7 +105,28 @@ def _run_avalanche(cfg: Any, method: str, hp: dict[str, float]) -> dict[str, Any
         "avg_acc": metrics.avg_acc(matrix),
         "forgetting": metrics.forgetting(matrix),
         "train_seconds": seconds,
+        "matrix": matrix,
     }
+
+
+def bridge_vs_avalanche(
+    method: str, overrides: list[str], hp: dict[str, float] | None = None
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Accuracy matrices of ``method`` (``naive`` or ``replay``) run through our ``avalanche``
+    bridge (``cl-run`` in-process) and directly in Avalanche, with the same seed, stream,
+    initial weights and optimizer (SGD with ``train.momentum``, state kept across
+    experiences in both); both are evaluated by our evaluator."""
+    hp = {"mem": 100, **(hp or {})}
+    name = {"naive": ["strategy.strategy_name=Naive"], "replay": ["strategy.strategy_name=Replay"]}
+    extra = [f"+strategy.kwargs.mem_size={int(hp['mem'])}"] if method == "replay" else []
+    base = ["device=cpu", "logger=none", "checkpoint.enabled=false", *overrides]
+    cfg = compose_config([*base, "strategy=avalanche", *name[method], *extra])
+    with TemporaryDirectory() as d:
+        from cl.run import run_experiment
+
+        bridge = run_experiment(cfg, Path(d)).acc_matrix
+    direct = _run_avalanche(cfg, method, hp)["matrix"]
+    return bridge, direct
 
 
 def _run_ours(cfg: Any) -> dict[str, Any]:
@@ -146,7 +167,8 @@ def _base(
 
 
 def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {k: sum(x[k] for x in runs) / len(runs) for k in runs[0]}
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    return {k: sum(x[k] for x in runs) / len(runs) for k in keys}
 
 
 def compare(

@@ -208,6 +208,9 @@ class Strategy(ABC, Generic[C]):
     # Config overrides of the small setup the contract tests run this strategy on (a tiny ViT,
     # a tiny text encoder, ...); empty: cl.testing.DEFAULT_SETUP (shrunk split_digits, MLP).
     test_setup: ClassVar[tuple[str, ...]] = ()
+    # Loop options (``train.<name>``) a strategy with its own training loop deals with itself;
+    # the others must stay at their defaults (see ``_refuse_loop_options``).
+    own_loop_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, config: C, model: nn.Module, context: RunContext) -> None:
         self.config = config
@@ -221,7 +224,7 @@ class Strategy(ABC, Generic[C]):
         if context.train.compile:
             self._forward_fn = torch.compile(model)
         if type(self).train_experience is not Strategy.train_experience:
-            _refuse_loop_options(self.name, context.train)
+            _refuse_loop_options(self.name, context.train, skip=self.own_loop_options)
 
     # ----------------------------------------------------------------- checks
     @classmethod
@@ -506,7 +509,7 @@ class Strategy(ABC, Generic[C]):
         return class_mask(info.n_classes, classes, self.device)
 
 
-def _refuse_loop_options(name: str, tc: TrainConfig) -> None:
+def _refuse_loop_options(name: str, tc: TrainConfig, *, skip: tuple[str, ...] = ()) -> None:
     """A strategy with its own training loop cannot honour the base loop's options."""
     set_ = [
         f"train.{k}={v}"
@@ -516,7 +519,7 @@ def _refuse_loop_options(name: str, tc: TrainConfig) -> None:
             ("warmup_steps", tc.warmup_steps, 0),
             ("logit_mask", tc.logit_mask, "none"),
         )
-        if v != default
+        if v != default and k not in skip
     ]
     if set_:
         raise ConfigError(
