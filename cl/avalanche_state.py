@@ -26,7 +26,7 @@ def dump_state(av: Any, refs: dict[str, Any]) -> bytes:
 
     by_id = {id(v): k for k, v in refs.items()}
 
-    class Pickler(dill.Pickler):  # type: ignore[misc]
+    class Pickler(dill.Pickler):
         def persistent_id(self, obj: Any) -> str | None:
             return by_id.get(id(obj))
 
@@ -40,7 +40,7 @@ def load_state(blob: bytes, refs: dict[str, Any]) -> dict[str, Any]:
     """The attributes pickled by :func:`dump_state`, with the named objects from ``refs``."""
     import dill
 
-    class Unpickler(dill.Unpickler):  # type: ignore[misc]
+    class Unpickler(dill.Unpickler):
         def persistent_load(self, pid: str) -> Any:
             return refs[pid]
 
