@@ -234,6 +234,9 @@ class Strategy(ABC, Generic[C]):
     # Tensor attributes accumulated from the rank's shard while training (counts, statistics):
     # summed over ranks before after_experience in a distributed run (see cl.distributed).
     shard_reduced: ClassVar[tuple[str, ...]] = ()
+    # Loop options (``train.<name>``) a strategy with its own training loop deals with itself;
+    # the others must stay at their defaults (see ``_refuse_loop_options``).
+    own_loop_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, config: C, model: nn.Module, context: RunContext) -> None:
         self.config = config
@@ -247,7 +250,7 @@ class Strategy(ABC, Generic[C]):
         if context.train.compile:
             self._forward_fn = torch.compile(model)
         if type(self).train_experience is not Strategy.train_experience:
-            _refuse_loop_options(self.name, context.train)
+            _refuse_loop_options(self.name, context.train, skip=self.own_loop_options)
             pipe = context.stream.pipeline
             if pipe is not None and pipe.augment != "none":
                 raise ConfigError(
@@ -569,7 +572,7 @@ class Strategy(ABC, Generic[C]):
         return class_mask(info.n_classes, classes, self.device)
 
 
-def _refuse_loop_options(name: str, tc: TrainConfig) -> None:
+def _refuse_loop_options(name: str, tc: TrainConfig, *, skip: tuple[str, ...] = ()) -> None:
     """A strategy with its own training loop cannot honour the base loop's options."""
     set_ = [
         f"train.{k}={v}"
@@ -579,7 +582,7 @@ def _refuse_loop_options(name: str, tc: TrainConfig) -> None:
             ("warmup_steps", tc.warmup_steps, 0),
             ("logit_mask", tc.logit_mask, "none"),
         )
-        if v != default
+        if v != default and k not in skip
     ]
     if set_:
         raise ConfigError(

@@ -13,10 +13,8 @@ exactly. A strategy whose state cannot be pickled refuses ``resume=`` with a cle
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
-import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cl.avalanche_state import TRANSIENT, dump_state, load_state, tensor_bytes
 from cl.errors import ConfigError, NonFiniteLossError
 from cl.strategy import ExperienceStats, Strategy, StrategyConfig, register_strategy
 from cl.streams.avalanche import to_avalanche_experience
@@ -37,7 +36,12 @@ class AvalancheBridgeConfig(StrategyConfig):
 
     The model, optimizer (``train.optimizer``, ``train.lr``, ...), batch size and epochs are
     ours; the Avalanche strategy gets them as ``model``, ``optimizer``, ``train_mb_size``,
-    ``train_epochs`` and ``eval_mb_size``, plus cross-entropy as ``criterion``.
+    ``train_epochs`` and ``eval_mb_size``, plus cross-entropy as ``criterion``. One optimizer
+    serves every experience, as in Avalanche. ``train.grad_clip`` clips the gradient norm
+    before every optimizer step, ``train.amp`` runs Avalanche's training under bf16 autocast
+    on CUDA and ``train.compile`` compiles the model in place; ``train.reset_optimizer`` (our
+    loop's fresh optimizer per experience) does not apply: ``reset_optimizer_state`` decides
+    (``train.reset_optimizer=false`` is accepted as the same request as its default).
 
     Attributes:
         strategy_name: Class name in ``avalanche.training`` (``EWC``, ``SynapticIntelligence``,
@@ -46,12 +50,16 @@ class AvalancheBridgeConfig(StrategyConfig):
         task_labels: Give task ids to Avalanche (null: only on task_il streams; otherwise
             every sample has task 0, as in Avalanche's class-incremental benchmarks). Models are
             called as ``model(x)``: a multi-head model then applies all its heads.
+        reset_optimizer_state: Avalanche's ``make_optimizer(reset_optimizer_state=...)`` at
+            every experience: False (Avalanche's default) keeps the optimizer's state (momentum,
+            Adam's moments) from one experience to the next; True clears it.
     """
 
     name: str = "avalanche"
     strategy_name: str = "Naive"
     kwargs: dict[str, Any] = field(default_factory=dict)
     task_labels: bool | None = None
+    reset_optimizer_state: bool = False
 
 
 def avalanche_strategy_class(name: str) -> type:
@@ -73,13 +81,18 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
     """Runs ``avalanche.training.<strategy_name>`` on each of our experiences."""
 
     config_cls = AvalancheBridgeConfig
+    own_loop_options = ("reset_optimizer",)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not self.context.train.reset_optimizer and self.config.reset_optimizer_state:
+            raise ConfigError(
+                "train.reset_optimizer=false contradicts strategy.reset_optimizer_state=true"
+            )
         self._cls = avalanche_strategy_class(self.config.strategy_name)
         self._av: Any = None
         self._on_step: Callable[[int, int, Tensor], None] | None = None
-        self._steps = self._samples = self._sample_bytes = 0
+        self._steps = self._samples = self._epoch_steps = self._exp_index = 0
         self._loss_sum = torch.zeros(())
 
     def _build(self) -> Any:
@@ -98,6 +111,8 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
             "evaluator": EvaluationPlugin(loggers=[]),  # our sinks log; Avalanche stays quiet
             "plugins": [_step_plugin(self)],
         }
+        if tc.compile:  # in place: Avalanche calls the model itself, names stay the same
+            self.model.compile()
         sig = inspect.signature(self._cls.__init__).parameters
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.values())
         args = {k: v for k, v in args.items() if k in sig or accepts_any}
@@ -120,24 +135,32 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
             else self.config.task_labels
         )
         av_exp = to_avalanche_experience(exp, info, task_labels=tl)
-        x0 = exp.train.x[0]  # type: ignore[union-attr]
-        self._sample_bytes = x0.element_size() * x0.nelement() + 16  # + label and task id
+        self._exp_index = exp.index
         self._on_step, self._steps, self._samples = on_step, 0, 0
         self._loss_sum = torch.zeros((), device=self.device)
-        self._av.train(av_exp, eval_streams=[], num_workers=0)
-        self.model = self._av.model  # some strategies (GDumb) replace the model object
-        if not torch.isfinite(self._loss_sum):
-            raise NonFiniteLossError(
-                f"loss became non-finite while training experience {exp.index} "
-                f"with Avalanche {self._cls.__name__}"
+        with self.autocast():
+            self._av.train(
+                av_exp,
+                eval_streams=[],
+                num_workers=0,
+                reset_optimizer_state=self.config.reset_optimizer_state,
             )
+        self.model = self._av.model  # some strategies (GDumb) replace the model object
+        self._check_finite()
         return ExperienceStats(
             index=exp.index,
             steps=self._steps,
             samples=self._samples,
-            final_loss=float(self._loss_sum) / max(self._steps, 1),
+            final_loss=float(self._loss_sum) / max(self._epoch_steps, 1),  # the last epoch
             trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         )
+
+    def _check_finite(self) -> None:
+        if not torch.isfinite(self._loss_sum):
+            raise NonFiniteLossError(
+                f"loss became non-finite while training experience {self._exp_index} "
+                f"with Avalanche {self._cls.__name__}; try a smaller train.lr or train.grad_clip"
+            )
 
     def predict(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         return self.model(x, task_ids)  # type: ignore[no-any-return]
@@ -147,7 +170,7 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
         if self._av is None:
             return state
         try:
-            state["avalanche"] = _dump(self._av, self._references())
+            state["avalanche"] = dump_state(self._av, self._references())
         except Exception as e:
             state["unresumable"] = f"{type(e).__name__}: {e}"
             return state
@@ -166,7 +189,7 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
             return
         if self._av is None:
             self._av = self._build()
-        vars(self._av).update(_load(state["avalanche"], self._references()))
+        vars(self._av).update(load_state(state["avalanche"], self._references()))
         self._av.optimizer.load_state_dict(state["optimizer"])
         self.model = self._av.model
 
@@ -185,53 +208,20 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
         return refs
 
     def extra_state_bytes(self) -> int:
-        """Tensors the Avalanche strategy keeps beyond the model's own: buffers (at the size of
-        their samples), importances, teachers, and the optimizer's state, which Avalanche
-        carries from one experience to the next."""
+        """Tensors the Avalanche strategy keeps beyond the model's own, in numel x element
+        size: buffers (each sample's input, label and task id as stored, read from the
+        buffer), importances, teachers, and the optimizer's state, which Avalanche carries from
+        one experience to the next."""
         if self._av is None:
             return 0
         seen: set[int] = {id(p) for p in self.model.state_dict(keep_vars=True).values()}
         seen |= {id(self.model), id(self._av), id(self._av.evaluator)}
-        held = {k: v for k, v in vars(self._av).items() if k not in _TRANSIENT}
-        return _tensor_bytes(held, seen, 12, self._sample_bytes)
-
-
-# Attributes of a trained Avalanche strategy that do not outlive a training call.
-_TRANSIENT = frozenset(
-    {"model", "experience", "adapted_dataset", "dataloader", "mbatch", "mb_output", "loss"}
-)
+        held = {k: v for k, v in vars(self._av).items() if k not in TRANSIENT}
+        return tensor_bytes(held, seen, 12)
 
 
 def _ours(plugin: Any) -> bool:
     return type(plugin).__name__ == "StepPlugin" and type(plugin).__module__ == __name__
-
-
-def _dump(av: Any, refs: dict[str, Any]) -> bytes:
-    """Pickle the Avalanche strategy's attributes, naming ``refs`` instead of copying them."""
-    import dill
-
-    by_id = {id(v): k for k, v in refs.items()}
-
-    class Pickler(dill.Pickler):  # type: ignore[misc]
-        def persistent_id(self, obj: Any) -> str | None:
-            return by_id.get(id(obj))
-
-    buf = io.BytesIO()
-    data = {k: v for k, v in vars(av).items() if k not in _TRANSIENT}
-    Pickler(buf).dump(data)
-    return buf.getvalue()
-
-
-def _load(blob: bytes, refs: dict[str, Any]) -> dict[str, Any]:
-    import dill
-
-    class Unpickler(dill.Unpickler):  # type: ignore[misc]
-        def persistent_load(self, pid: str) -> Any:
-            return refs[pid]
-
-    with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints its device mapping
-        out: dict[str, Any] = Unpickler(io.BytesIO(blob)).load()
-    return out
 
 
 def _step_plugin(bridge: AvalancheBridge) -> Any:
@@ -239,8 +229,20 @@ def _step_plugin(bridge: AvalancheBridge) -> Any:
     from avalanche.training.plugins import SupervisedPlugin
 
     class StepPlugin(SupervisedPlugin):  # type: ignore[misc]
+        def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            bridge._check_finite()  # one host sync per epoch, as in the native loop
+            bridge._loss_sum.zero_()  # final_loss: the mean over the last epoch
+            bridge._epoch_steps = 0
+
+        def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            clip = bridge.context.train.grad_clip
+            if clip is not None:
+                params = [p for g in strategy.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, clip)
+
         def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
             loss = strategy.loss.detach().float().sum()
+            bridge._epoch_steps += 1
             bridge._steps += 1
             bridge._samples += len(strategy.mb_y)
             bridge._loss_sum += loss
@@ -248,28 +250,3 @@ def _step_plugin(bridge: AvalancheBridge) -> Any:
                 bridge._on_step(bridge._steps, len(strategy.mb_y), loss)
 
     return StepPlugin()
-
-
-def _tensor_bytes(obj: Any, seen: set[int], depth: int, per_sample: int) -> int:
-    from avalanche.training.storage_policy import ExemplarsBuffer
-
-    if id(obj) in seen or depth < 0:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, ExemplarsBuffer):  # its samples once (group buffers and their
-        # concatenation hold the same samples), plus its own tensors (sampling weights)
-        inner = _tensor_bytes(vars(obj), seen, depth - 1, 0)
-        return len(obj.buffer) * per_sample + inner
-    if isinstance(obj, torch.utils.data.Dataset):  # a buffer: a subset of a dataset
-        return len(obj) * per_sample  # type: ignore[arg-type]
-    if isinstance(obj, Tensor):
-        return obj.element_size() * obj.nelement()
-    if isinstance(obj, nn.Module):
-        return sum(_tensor_bytes(t, seen, depth, per_sample) for t in obj.state_dict().values())
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v, seen, depth - 1, per_sample) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(_tensor_bytes(v, seen, depth - 1, per_sample) for v in obj)
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return sum(_tensor_bytes(v, seen, depth - 1, per_sample) for v in vars(obj).values())
-    return 0

@@ -10,30 +10,18 @@ Fisher Information in Continual Learning", ICLR Blogposts 2025.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from cl import distributed
 from cl.errors import ConfigError
-from cl.fisher import (
-    Quadratic,
-    add_penalty_grad,
-    add_penalty_grad_implicit,
-    linear_batched_fisher,
-    linear_fisher,
-    vmap_fisher,
-)
+from cl.fisher import ESTIMATORS, ImplicitPenaltyGrad, Quadratic, add_penalty_grad, estimate_fisher
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
 from cl.validation import fraction, non_negative, one_of, positive
-
-ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 
 
 @dataclass
@@ -42,8 +30,9 @@ class EWCConfig(StrategyConfig):
 
     The penalty added to the task loss is ``(ewc_lambda / 2) * sum_i F_i (theta_i - theta*_i)^2``
     (the paper's 1/2 convention), summed over every earlier experience in ``separate`` mode.
-    Avalanche's EWC adds ``lambda * sum F (theta - theta*)^2`` (no 1/2): its lambda is half of
-    ``ewc_lambda`` here. F is a mean over samples (over minibatches for ``batched``).
+    Avalanche's ``EWC(ewc_lambda=L)`` adds ``L * sum F (theta - theta*)^2`` (no 1/2) with the
+    ``batched`` Fisher: ``estimator=batched, ewc_lambda=2L`` is its penalty exactly. F is a
+    mean over samples (over minibatches for ``batched``).
 
     Attributes:
         ewc_lambda: Penalty strength (0 turns the penalty off: naive fine-tuning).
@@ -51,6 +40,9 @@ class EWCConfig(StrategyConfig):
             anchor. ``online``: a single penalty with the running Fisher
             ``F* <- gamma * F* + F_t`` anchored at the latest parameters (online EWC).
         gamma: Decay of the running Fisher in online mode (1: plain sum).
+        gamma_in_penalty: Online mode only. False (mammoth): gamma decays the running Fisher
+            when it is accumulated, the penalty uses ``F*``. True (Schwarz et al. 2018, van de
+            Ven's code): the penalty also uses the decayed ``gamma * F*``.
         estimator: How the diagonal Fisher is estimated after each experience:
             ``exact``: expectation over the model's own predictive distribution,
             ``mean_x sum_c p(c|x) (d log p(c|x))^2`` (the true Fisher; costs one backward per
@@ -59,6 +51,10 @@ class EWCConfig(StrategyConfig):
             ``batched``: the squared gradient of the minibatch-mean loss, averaged over
             minibatches of ``train.batch_size`` (Avalanche's estimate; it shrinks with the
             batch size and is not a per-sample Fisher).
+        fisher_classes: The predictive distribution ``p(c|x)`` of the Fisher: ``all``: softmax
+            over every output (Avalanche, mammoth); ``seen``: softmax over the logits of the
+            classes seen so far, this experience's included, and for ``exact`` the sum over
+            those classes only (van de Ven's exact Fisher in class-incremental learning).
         fisher_method: ``auto``: closed form for ``nn.Linear`` layers on 2-D inputs (the
             per-sample squared gradient of ``W`` is ``delta^2 a^2``, summed with one matmul),
             ``torch.func`` per-sample gradients (``vmap(grad)``) otherwise; ``vmap``: always
@@ -69,24 +65,29 @@ class EWCConfig(StrategyConfig):
             noise is already small at a few thousand samples; it bounds the cost of the
             Fisher pass on large experiences.
         penalty_step: ``explicit``: the penalty's gradient ``ewc_lambda * A (theta - m)`` is
-            added to the task gradient (the paper). With plain SGD this diverges once
-            ``lr * ewc_lambda * A > 2`` for some weight (a warning says so beforehand).
-            ``implicit``: the proximal step for the quadratic, ``grad <- (g + ewc_lambda *
-            A (theta - m)) / (1 + lr * ewc_lambda * A)``: with plain SGD it lands exactly on
-            ``argmin_theta' <g, theta'> + penalty(theta') + |theta' - theta|^2 / (2 lr)``,
-            which is stable for any lambda and has the same fixed points (SGD only; with
-            momentum it is the same rescaling, no longer exact).
+            added to the task gradient (the paper). With SGD this diverges once
+            ``lr * ewc_lambda * A > 2 (1 + momentum)`` for some weight (a warning says so
+            beforehand). ``implicit`` (SGD only): the proximal step for the quadratic,
+            ``grad <- (g + ewc_lambda * A (theta - m)) / (1 + lr * ewc_lambda * A)`` with the
+            step's current lr: with plain SGD it lands exactly on ``argmin_theta' <g, theta'> +
+            penalty(theta') + |theta' - theta|^2 / (2 lr)``, which is stable for any lambda and
+            has the same fixed points (with momentum the same rescaling: the penalty's
+            effective curvature stays below ``1 / lr``, inside the stable range). ``auto``
+            (default): ``implicit`` with ``train.optimizer=sgd``, ``explicit`` with Adam(W),
+            whose normalised steps do not blow up on a stiff quadratic.
     """
 
     name: str = "ewc"
     ewc_lambda: float = 100.0
     mode: str = "separate"
     gamma: float = 1.0
+    gamma_in_penalty: bool = False
     estimator: str = "exact"
+    fisher_classes: str = "all"
     fisher_method: str = "auto"
     fisher_batch_size: int = 512
     fisher_max_samples: int | None = 10000
-    penalty_step: str = "explicit"
+    penalty_step: str = "auto"
 
     def validate(self) -> None:
         non_negative("strategy", self, "ewc_lambda")
@@ -94,8 +95,11 @@ class EWCConfig(StrategyConfig):
         positive("strategy", self, "fisher_batch_size", "fisher_max_samples")
         one_of("strategy", self, "mode", ("separate", "online"))
         one_of("strategy", self, "estimator", ESTIMATORS)
+        one_of("strategy", self, "fisher_classes", ("all", "seen"))
         one_of("strategy", self, "fisher_method", ("auto", "vmap"))
-        one_of("strategy", self, "penalty_step", ("explicit", "implicit"))
+        one_of("strategy", self, "penalty_step", ("auto", "explicit", "implicit"))
+        if self.gamma_in_penalty and self.mode != "online":
+            raise ConfigError("strategy.gamma_in_penalty=true needs strategy.mode=online")
 
 
 @register_strategy("ewc")
@@ -114,15 +118,8 @@ class EWC(Strategy[EWCConfig]):
         super().__init__(**kwargs)
         c = self.config
         c.validate()  # also when built directly, not through build()
-        tc = self.context.train
-        if c.penalty_step == "implicit" and tc.optimizer != "sgd":
+        if c.penalty_step == "implicit" and self.context.train.optimizer != "sgd":
             raise ConfigError("strategy.penalty_step=implicit needs train.optimizer=sgd")
-        if c.penalty_step == "implicit" and (tc.lr_schedule != "constant" or tc.warmup_steps):
-            # The proximal factor 1 / (1 + lr * lambda * F) is fixed when the hooks are built.
-            raise ConfigError(
-                "strategy.penalty_step=implicit needs train.lr_schedule=constant and "
-                "train.warmup_steps=0"
-            )
         if self.context.stream.modality == "text2text" and c.estimator != "batched":
             raise ConfigError(
                 "ewc on a language model needs strategy.estimator=batched (per-sample Fishers "
@@ -133,9 +130,22 @@ class EWC(Strategy[EWCConfig]):
         self._terms: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
         self._hooks: list[Any] = []
 
+    @property
+    def implicit(self) -> bool:
+        """Whether the penalty takes the proximal (implicit) step (see ``penalty_step``)."""
+        step = self.config.penalty_step
+        return step == "implicit" or (step == "auto" and self.context.train.optimizer == "sgd")
+
+    @property
+    def penalty_weight(self) -> float:
+        """The factor of ``A (theta - m)^2`` in the penalty, before the 1/2: ``ewc_lambda``,
+        times ``gamma`` in online mode with ``gamma_in_penalty``."""
+        c = self.config
+        return c.ewc_lambda * (c.gamma if c.gamma_in_penalty else 1.0)
+
     # ------------------------------------------------------------------ penalty
     def penalty(self) -> Tensor:
-        """``(ewc_lambda / 2) * sum A (theta - m)^2`` with its graph (for tests and reports)."""
+        """``(penalty_weight / 2) * sum A (theta - m)^2`` with its graph (tests and reports)."""
         if not self.importance:
             return torch.zeros((), device=self.device)
         if self._terms is None:
@@ -147,17 +157,21 @@ class EWC(Strategy[EWCConfig]):
                 [self.anchor[n] for n in keys],
             )
         params, imp, anchor = self._terms
-        return Quadratic.apply(0.5 * self.config.ewc_lambda, imp, anchor, *params)
+        return Quadratic.apply(0.5 * self.penalty_weight, imp, anchor, *params)
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
-        # The penalty's gradient ewc_lambda * A (theta - m) is added to each parameter's
+        # The penalty's gradient penalty_weight * A (theta - m) is added to each parameter's
         # gradient by a hook (one fused pass per tensor) instead of putting the quadratic in
         # the graph (several passes per step): the loop's loss is the task loss alone.
         return None
 
+    def _current_lr(self) -> float:
+        assert self.optimizer is not None
+        return float(self.optimizer.param_groups[0]["lr"])
+
     def before_experience(self, exp: Experience) -> None:
         self._remove_hooks()
-        if not self.importance or self.config.ewc_lambda == 0:
+        if not self.importance or self.penalty_weight == 0:
             return
         named = dict(self.model.named_parameters())
         # Distributed: ranks' gradients are summed, so one rank adds the penalty's gradient.
@@ -166,17 +180,15 @@ class EWC(Strategy[EWCConfig]):
             p = named.get(n)
             if p is None or not p.requires_grad:
                 continue
-            scale = (self.config.ewc_lambda * a).to(p.dtype)
+            scale = (self.penalty_weight * a).to(p.dtype)
             shift = scale * self.anchor[n].to(p.dtype)
-            if not once:  # keep the implicit step's scaling of the gradient, add no penalty
-                scale, shift = torch.zeros_like(scale), torch.zeros_like(shift)
-            if self.config.penalty_step == "implicit":
-                inv = 1.0 / (1.0 + self.context.train.lr * self.config.ewc_lambda * a.to(p.dtype))
-                hook = partial(add_penalty_grad_implicit, scale, shift, inv)
-            else:
-                hook = partial(add_penalty_grad, scale, shift)
+            hook: Any = partial(add_penalty_grad, scale, shift)
+            if self.implicit:
+                hook = ImplicitPenaltyGrad(scale, shift, self._current_lr, penalty=once)
+            elif not once:
+                continue  # the penalty's gradient is added on one rank only
             self._hooks.append(p.register_post_accumulate_grad_hook(hook))
-        if self.config.penalty_step == "explicit":
+        if not self.implicit:
             self._warn_if_unstable()
 
     def _warn_if_unstable(self) -> None:
@@ -186,9 +198,8 @@ class EWC(Strategy[EWCConfig]):
         tc = self.context.train
         if tc.optimizer != "sgd" or not self.importance:
             return
-        curvature = (
-            tc.lr * self.config.ewc_lambda * max(float(a.max()) for a in self.importance.values())
-        )
+        a_max = max(float(a.max()) for a in self.importance.values())
+        curvature = tc.lr * self.penalty_weight * a_max
         bound = 2.0 * (1.0 + tc.momentum)
         if curvature > bound:
             warnings.warn(
@@ -221,6 +232,13 @@ class EWC(Strategy[EWCConfig]):
         self._terms = None  # the cached penalty terms point at the old tensors
 
     # ------------------------------------------------------------------- Fisher
+    def fisher_classes(self, exp: Experience) -> Tensor | None:
+        """The classes of the Fisher's predictive distribution (None: every output)."""
+        if self.config.fisher_classes == "all":
+            return None
+        seen = {c for cs in self.context.stream.classes[: exp.index + 1] for c in cs}
+        return torch.tensor(sorted(seen | set(exp.classes)), device=self.device)
+
     def fisher(self, exp: Experience) -> dict[str, Tensor]:
         """Diagonal Fisher of the trainable parameters on ``exp.train`` (see the config)."""
         if not isinstance(exp.train, TensorData):
@@ -234,65 +252,21 @@ class EWC(Strategy[EWCConfig]):
         was_training = self.model.training
         self.model.eval()  # dropout off, batch-norm statistics frozen: the model being kept
         try:
-            if c.estimator == "batched":
-                out = self._fisher_batched(data, names)
-            else:
-                out = self._fisher_per_sample(data, names, exp.index)
+            return estimate_fisher(
+                self.model,
+                data,
+                names,
+                estimator=c.estimator,
+                method=c.fisher_method,
+                chunk_size=c.fisher_batch_size,
+                batch_size=self.context.train.batch_size,
+                task_ids=self.context.stream.has_task_ids,
+                classes=self.fisher_classes(exp),
+                generator=self.generator(exp.index, 78),
+                dist=self.context.dist,
+            )
         finally:
             self.model.train(was_training)
-        return out
-
-    def _chunks(self, data: TensorData, bs: int) -> Iterator[Batch]:
-        return self.iterate(data, epoch=0, exp_index=0, batch_size=bs, shuffle=False)
-
-    def _fisher_batched(self, data: TensorData, names: list[str]) -> dict[str, Tensor]:
-        params = dict(self.model.named_parameters())
-        out = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
-        bs = self.context.train.batch_size
-        # Several minibatches per pass: the same minibatches as a loop over train.batch_size,
-        # but Linear layers get every minibatch's mean gradient from one batched matmul.
-        per_pass = bs * max(1, self.config.fisher_batch_size // bs)
-        info = self.context.dist  # distributed: ranks share the passes, n_batches counts all
-        n_batches = len(data) // per_pass * (per_pass // bs) - (-(len(data) % per_pass) // bs)
-        for b in distributed.owned(self._chunks(data, per_pass), info):
-            if self.config.fisher_method == "auto" and linear_batched_fisher(
-                self.model, names, b, bs, out
-            ):
-                continue
-            for start in range(0, len(b.y), bs):
-                sl = slice(start, start + bs)
-                tids = None if b.task_ids is None else b.task_ids[sl]
-                loss = F.cross_entropy(self.model(b.x[sl], tids).float(), b.y[sl])
-                grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-                for n, g in zip(names, grads, strict=True):
-                    if g is not None:
-                        out[n] += g.float().pow(2)
-        distributed.sum_tensors(out.values(), info)
-        return {n: f / max(n_batches, 1) for n, f in out.items()}
-
-    def _fisher_per_sample(
-        self, data: TensorData, names: list[str], exp_index: int
-    ) -> dict[str, Tensor]:
-        params = dict(self.model.named_parameters())
-        out = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
-        gen = self.generator(exp_index, 78)
-        # Distributed: ranks share the chunks (the sampled estimator draws in sequence: all).
-        info = self.context.dist if self.config.estimator != "sampled" else distributed.SINGLE
-        for b in distributed.owned(self._chunks(data, self.config.fisher_batch_size), info):
-            labels = None  # exact: expectation over every class
-            if self.config.estimator == "empirical":
-                labels = b.y
-            elif self.config.estimator == "sampled":
-                with torch.no_grad():
-                    probs = self.model(b.x, b.task_ids).float().softmax(-1).cpu()
-                labels = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(b.y.device)
-            done = False
-            if self.config.fisher_method == "auto":
-                done = linear_fisher(self.model, names, b, labels, out)
-            if not done:
-                vmap_fisher(self.model, names, b, labels, out)
-        distributed.sum_tensors(out.values(), info)
-        return {n: f / len(data) for n, f in out.items()}
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
