@@ -171,7 +171,7 @@ class L2P(Strategy[L2PConfig]):
         """Query features, key matching and the selected keys' similarities in fp32, also
         under bf16 autocast (low precision could change which prompts are chosen)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q = self.backbone.query(x.float())
+            q = self.backbone.query(x.float() if x.is_floating_point() else x)  # text: ids
             return self.select(q, task_ids, training=training)
 
     def _logits(self, x: Tensor, task_ids: Tensor | None, *, training: bool) -> Tensor:
