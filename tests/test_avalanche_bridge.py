@@ -66,6 +66,7 @@ def test_ours_match_avalanche_on_digits(method):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @needs_fmnist
 def test_our_ewc_matches_avalanche_on_permuted_fmnist():
     """Batched Fisher, same lambda (mapped for the 1/2), init, optimiser and data: mean

@@ -277,6 +277,7 @@ TEXT = [
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_l2p_forgets_less_than_fine_tuning_on_text(make_cfg, tmp_path):
     """Frozen MiniLM + L2P vs naive fine-tuning of the same MiniLM (class_il, few-shot)."""
     l2p = run_experiment(

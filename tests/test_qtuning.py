@@ -194,6 +194,7 @@ def test_eviction_keeps_old_task_accuracy(make_cfg):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_frozen_heads_qtuning_near_progprompt_and_both_forget_far_less(make_cfg, tmp_path):
     """One seed of COMPARISON, with margins that every seed of the table below satisfies.
 
