@@ -191,3 +191,11 @@ def mask_logits(logits: Tensor, mask: Tensor, y: Tensor) -> Tensor:
     keep = mask.clone()
     keep[y] = True
     return logits.masked_fill(~keep, MASKED_LOGIT)
+
+
+def keep_classes(logits: Tensor, classes: Tensor) -> Tensor:
+    """``logits`` with every class outside ``classes`` at -inf (the prompt methods' training on
+    the current task's classes: ``mask_old_logits``)."""
+    keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    keep[classes] = True
+    return logits.masked_fill(~keep, float("-inf"))

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from cl.errors import ConfigError
 from cl.models.prompting import LayerPrompt, PromptableBackbone, frozen_promptable, layer_styles
+from cl.optim import keep_classes
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
 from cl.testing import TINY_VIT_SETUP
@@ -176,9 +177,7 @@ class CODAPrompt(Strategy[CODAPromptConfig]):
     def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         logits = self._logits(x, task_ids, training=True)
         if self.config.mask_old_logits and self._classes is not None:
-            keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-            keep[self._classes] = True
-            logits = logits.masked_fill(~keep, float("-inf"))
+            logits = keep_classes(logits, self._classes)
         return logits
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:

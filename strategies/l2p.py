@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from cl.errors import ConfigError
 from cl.models.prompting import PromptableBackbone, frozen_promptable
+from cl.optim import keep_classes
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
 from cl.testing import TINY_VIT_SETUP
@@ -199,9 +200,7 @@ class L2P(Strategy[L2PConfig]):
     def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         logits = self._logits(x, task_ids, training=True)
         if self.config.mask_old_logits and self._classes is not None:
-            keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-            keep[self._classes] = True
-            logits = logits.masked_fill(~keep, float("-inf"))
+            logits = keep_classes(logits, self._classes)
         return logits
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
