@@ -76,39 +76,28 @@ def accuracy(
     if hook is not None:  # the data scores itself (text-to-text tasks: cl.evaluate_lm)
         return float(hook(strategy, batch_size=batch_size, task_aware=task_aware))
     with distributed.inference(strategy.model):
-        return _accuracy(strategy, exp, n_classes, batch_size, task_aware, allowed_classes)
-
-
-def _accuracy(
-    strategy: Strategy[Any],
-    exp: Experience,
-    n_classes: int,
-    batch_size: int,
-    task_aware: bool,
-    allowed_classes: Sequence[int] | None,
-) -> float:
-    device = strategy.device
-    total = 0
-    if task_aware:
-        mask = _class_mask(n_classes, exp.classes, device)
-    elif allowed_classes is not None:
-        mask = _class_mask(n_classes, allowed_classes, device)
-    else:
-        mask = None
-    correct_t = torch.zeros((), dtype=torch.long, device=device)
-    info = strategy.context.dist
-    for x, y, t in _batches(_shard(exp.test, info), batch_size, device):
-        with strategy.autocast(evaluation=True):
-            logits = strategy.predict(strategy.eval_input(x), t if task_aware else None)
-        logits = logits.float()
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        correct_t += (logits.argmax(dim=1) == y).sum()
-        total += len(y)
-    correct = int(correct_t)
-    if info.enabled:  # each rank scored its slice: sum the counts
-        correct, total = (int(v) for v in distributed.sum_over_ranks((correct, total), device))
-    return correct / max(total, 1)
+        device = strategy.device
+        total = 0
+        if task_aware:
+            mask = _class_mask(n_classes, exp.classes, device)
+        elif allowed_classes is not None:
+            mask = _class_mask(n_classes, allowed_classes, device)
+        else:
+            mask = None
+        correct_t = torch.zeros((), dtype=torch.long, device=device)
+        info = strategy.context.dist
+        for x, y, t in _batches(_shard(exp.test, info), batch_size, device):
+            with strategy.autocast(evaluation=True):
+                logits = strategy.predict(strategy.eval_input(x), t if task_aware else None)
+            logits = logits.float()
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            correct_t += (logits.argmax(dim=1) == y).sum()
+            total += len(y)
+        correct = int(correct_t)
+        if info.enabled:  # each rank scored its slice: sum the counts
+            correct, total = (int(v) for v in distributed.sum_over_ranks((correct, total), device))
+        return correct / max(total, 1)
 
 
 def evaluate_row(

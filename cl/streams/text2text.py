@@ -218,6 +218,21 @@ def _labels(targets: list[list[int]], lt: int) -> Tensor:
     return y
 
 
+def stream_from_config(cfg: Any, tasks: list[TextTask]) -> Stream:
+    """:func:`build_text2text_stream` with a stream config's name, tokenizer, lengths,
+    ``chat_template`` and ``task_labels``."""
+    return build_text2text_stream(
+        cfg.name,
+        tasks,
+        tokenizer=cfg.tokenizer,
+        max_prompt_len=cfg.max_prompt_len,
+        max_target_len=cfg.max_target_len,
+        max_new_tokens=cfg.max_new_tokens,
+        chat_template=cfg.chat_template,
+        task_labels=cfg.task_labels,
+    )
+
+
 def build_text2text_stream(
     name: str,
     tasks: list[TextTask],
@@ -436,16 +451,7 @@ def build_classification_stream(cfg: Text2TextConfig) -> Stream:
         )
         for spec in cfg.tasks
     ]
-    return build_text2text_stream(
-        cfg.name,
-        tasks,
-        tokenizer=cfg.tokenizer,
-        max_prompt_len=cfg.max_prompt_len,
-        max_target_len=cfg.max_target_len,
-        max_new_tokens=cfg.max_new_tokens,
-        chat_template=cfg.chat_template,
-        task_labels=cfg.task_labels,
-    )
+    return stream_from_config(cfg, tasks)
 
 
 @register_stream("text2text_offline", Text2TextConfig)

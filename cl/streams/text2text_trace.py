@@ -19,7 +19,7 @@ import torch
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
 from cl.streams.base import Stream
-from cl.streams.text2text import TextTask, build_text2text_stream
+from cl.streams.text2text import TextTask, stream_from_config
 from cl.validation import positive
 
 TRACE_METRICS: dict[str, str] = {
@@ -111,13 +111,4 @@ def trace(cfg: TraceConfig) -> Stream:
         )
         for t in cfg.tasks
     ]
-    return build_text2text_stream(
-        cfg.name,
-        tasks,
-        tokenizer=cfg.tokenizer,
-        max_prompt_len=cfg.max_prompt_len,
-        max_target_len=cfg.max_target_len,
-        max_new_tokens=cfg.max_new_tokens,
-        chat_template=cfg.chat_template,
-        task_labels=cfg.task_labels,
-    )
+    return stream_from_config(cfg, tasks)
