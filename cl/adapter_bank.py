@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +161,11 @@ class AdapterBank(nn.Module):
         feature_dim: int,
         path: str | Path | None = None,
         meta: dict[str, Any] | None = None,
+        *,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
     ) -> nn.Module:
-        """A plain model (backbone with adapter ``name`` merged in, then ``head``).
+        """A plain model (backbone with adapter ``name`` merged in, then ``head``; or
+        ``wrap(backbone)``, e.g. a language model with no head).
 
         Saved to ``path/model.pt`` as a state dict (and with ``save_pretrained`` for HF
         backbones) with ``partition.json`` when ``path`` is given. The bank is untouched: the
@@ -175,13 +178,16 @@ class AdapterBank(nn.Module):
         backbone = work.merge_and_unload(adapter_names=[name])
         for p in backbone.parameters():
             p.requires_grad_(False)
-        plain = CLModel(backbone, copy.deepcopy(head), feature_dim)
+        plain = (
+            CLModel(backbone, copy.deepcopy(head), feature_dim) if wrap is None else wrap(backbone)
+        )
         if path is not None:
             root = Path(path)
             root.mkdir(parents=True, exist_ok=True)
             torch.save(plain.state_dict(), root / "model.pt")
-            # HF backbones (the inner transformer of cl.models.hf) also get their own format.
-            inner: Any = getattr(backbone, "model", None)
+            # HF backbones (an HF LM, or the inner transformer of cl.models.hf) also get their
+            # own format.
+            inner: Any = backbone if wrap is not None else getattr(backbone, "model", None)
             if inner is not None and hasattr(inner, "save_pretrained"):
                 inner.save_pretrained(str(root / "backbone"))
             self._write_partition(root, name, {**(meta or {}), "merged": True})

@@ -13,10 +13,16 @@ Routing entries:
   few-shot partitions). A query's score is its log-likelihood under the partition's mixture.
 * ``prototypes``: k-means centres per class; the score is minus the squared distance to the
   nearest centre.
+* ``knn``: a retriever (AdapterSwap's setting): the partition's embeddings themselves; the score
+  is minus the squared distance to the nearest one.
+
+Outputs of several partitions are mixed as distributions over their second dimension (classes,
+or a language model's vocabulary at every target position: next-token distributions).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-ROUTERS = ("gmm", "prototypes")
+ROUTERS = ("gmm", "prototypes", "knn")
 
 
 def kmeans(z: Tensor, k: int, *, generator: torch.Generator, iters: int = 25) -> Tensor:
@@ -98,6 +104,10 @@ def fit_entry(
     if kind not in ROUTERS:
         raise ValueError(f"unknown router {kind!r}; valid: {', '.join(ROUTERS)}")
     z = z.double()
+    if kind == "knn":  # the embeddings themselves, equally weighted
+        return RoutingEntry(
+            means=z, chol=None, log_weights=torch.full((len(z),), -math.log(len(z)))
+        )
     means, chols, counts = [], [], []
     d = z.shape[1]
     for c in torch.unique(y).tolist():
@@ -186,14 +196,14 @@ def route_and_mix(
     router: PartitionRouter,
     logits: Callable[[str, Tensor], Tensor],
     *,
-    n_classes: int,
     top_k: int = 1,
     temperature: float = 1.0,
 ) -> Tensor:
     """Outputs of each row of ``x`` from its top-``k`` partitions among ``names``.
 
     Top-1 returns the chosen adapter's own logits; with ``k > 1`` the chosen adapters'
-    predictions form the output mixture ``log sum_k w_k softmax(z_k)`` (no weight merging).
+    predictions form the output mixture ``log sum_k w_k softmax(z_k)`` over the outputs' second
+    dimension (no weight merging).
 
     Args:
         x: Inputs.
@@ -201,22 +211,25 @@ def route_and_mix(
         names: The partitions a row may be routed to (only these are ever evaluated).
         router: The routing entries.
         logits: ``logits(name, rows)``: the outputs of partition ``name`` on ``rows``.
-        n_classes: Width of the outputs.
         top_k: Partitions mixed per row.
         temperature: Temperature of the mixture weights.
     """
     idx, w = router.route(z, names, top_k, temperature)
     k = idx.shape[1]
-    parts = torch.full((k, len(x), n_classes), float("-inf"), device=x.device)
+    parts: Tensor | None = None
     for j, name in enumerate(names):
         for slot in range(k):
             rows = idx[:, slot] == j
             if rows.any():
                 out = logits(name, x[rows])
+                if parts is None:
+                    parts = out.new_full((k, len(x), *out.shape[1:]), float("-inf"))
                 parts[slot, rows] = out if k == 1 else torch.log_softmax(out, dim=1)
+    assert parts is not None
     if k == 1:
         return parts[0]
-    return torch.logsumexp(parts + torch.log(w.T.float()).unsqueeze(-1), dim=0)
+    logw = torch.log(w.T.to(parts.dtype)).view(k, len(x), *[1] * (parts.dim() - 2))
+    return torch.logsumexp(parts + logw, dim=0)
 
 
 def predict_routed(
@@ -228,7 +241,6 @@ def predict_routed(
     router: PartitionRouter,
     features: Callable[[Tensor], Tensor],
     logits: Callable[[str, Tensor], Tensor],
-    n_classes: int,
     top_k: int = 1,
     temperature: float = 1.0,
 ) -> Tensor:
@@ -243,21 +255,69 @@ def predict_routed(
         router: The routing entries.
         features: Frozen-backbone embeddings of inputs (what the router scores).
         logits: ``logits(name, rows)``: the outputs of partition ``name`` on ``rows``.
-        n_classes: Width of the outputs.
         top_k: Partitions mixed per routed row.
         temperature: Temperature of the mixture weights.
     """
-    out = torch.empty(len(x), n_classes, device=x.device)
+    out: Tensor | None = None
+    parts: list[tuple[Tensor, Tensor]] = []
     rest = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for t in [] if task_ids is None else torch.unique(task_ids).tolist():
         if t in task_of:
             rows = task_ids == t
-            out[rows] = logits(task_of[t], x[rows])
+            parts.append((rows, logits(task_of[t], x[rows])))
             rest &= ~rows
     if rest.any():
         xr = x[rest]
-        out[rest] = route_and_mix(
-            xr, features(xr), names, router, logits,
-            n_classes=n_classes, top_k=top_k, temperature=temperature,
-        )  # fmt: skip
+        mixed = route_and_mix(
+            xr, features(xr), names, router, logits, top_k=top_k, temperature=temperature
+        )
+        parts.append((rest, mixed))
+    for rows, part in parts:
+        if out is None:
+            out = part.new_empty((len(x), *part.shape[1:]))
+        out[rows] = part
+    assert out is not None
     return out
+
+
+def route_rows(
+    z: Tensor | None,
+    task_ids: Tensor | None,
+    names: Sequence[str],
+    *,
+    task_of: Mapping[int, str],
+    router: PartitionRouter,
+    top_k: int = 1,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Partitions (indices into ``names``, ``[n, k]``) and mixture weights of every row, as
+    :func:`predict_routed` chooses them: a row whose task id has a partition among ``names``
+    gets that one alone (weight 1 in every slot's sum); the others are routed by ``z``.
+
+    Args:
+        z: The rows' frozen-backbone embeddings (None: every row has an oracle partition).
+        task_ids: Their task ids, or None.
+        names: The partitions that may be used.
+        task_of: Task id -> its partition, among ``names``.
+        router: The routing entries.
+        top_k: Partitions mixed per routed row.
+        temperature: Temperature of the mixture weights.
+    """
+    n = len(task_ids) if z is None else len(z)  # type: ignore[arg-type]
+    k = min(top_k, len(names))
+    idx = torch.zeros(n, k, dtype=torch.long)
+    w = torch.zeros(n, k)
+    rest = torch.ones(n, dtype=torch.bool)
+    if task_ids is not None:
+        t = task_ids.cpu()
+        for tid in torch.unique(t).tolist():
+            if tid in task_of:
+                rows = t == tid
+                idx[rows] = names.index(task_of[tid])
+                w[rows, 0] = 1.0
+                rest &= ~rows
+    if rest.any():
+        assert z is not None, "rows without an oracle partition need embeddings"
+        ri, rw = router.route(z[rest.to(z.device)], names, k, temperature)
+        idx[rest], w[rest] = ri.cpu(), rw.cpu().float()
+    return idx, w

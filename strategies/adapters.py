@@ -15,6 +15,8 @@ partition restricted when it trains gets a head of its own, so no denied partiti
 a principal through the shared head (restricting the head's partition afterwards is refused).
 :meth:`Adapters.delete` and :meth:`Adapters.forget` remove a partition (or part of it) exactly;
 ``cl-adapters delete`` purges it from a run's checkpoints and exports on disk.
+
+On language models (no head; top-k mixes next-token distributions) see :mod:`cl.adapter_lm`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from cl.access import AccessPolicy
-from cl.adapter_bank import AdapterBank, adapter_config, linear_names
+from cl.adapter_bank import AdapterBank, adapter_config
 from cl.adapter_config import AdaptersConfig
+from cl.adapter_lm import adapted, default_targets, embed, merged_wrapper, routed_generate
 from cl.adapter_router import PartitionRouter, fit_entry, predict_routed
 from cl.errors import ConfigError
 from cl.models.heads import MultiHead
+from cl.models.lm import LanguageModel
 from cl.strategy import ExperienceStats, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience, TensorData
 
@@ -40,6 +44,7 @@ class Adapters(Strategy[AdaptersConfig]):
     """One adapter per experience on a frozen backbone, routed at test time."""
 
     config_cls = AdaptersConfig
+    modalities = ("vision", "text", "text2text")
 
     @classmethod
     def requires_task_ids(cls, config: StrategyConfig) -> bool:
@@ -51,6 +56,7 @@ class Adapters(Strategy[AdaptersConfig]):
         self.config.validate()
         self.needs_task_id_at_test = self.requires_task_ids(self.config)  # type: ignore[misc]
         self.config.validate_for(self.context.stream)
+        self.lm = isinstance(self.model, LanguageModel)  # no head: the LM's vocabulary logits
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.bank = AdapterBank()
@@ -74,7 +80,7 @@ class Adapters(Strategy[AdaptersConfig]):
         """Create adapter ``name`` (and its own head, if any), initialised from the partition's
         own seed (so a partition's adapter never depends on which other partitions exist)."""
         if self._targets is None:
-            self._targets = list(self.config.target_modules) or linear_names(self.model.backbone)
+            self._targets = list(self.config.target_modules) or default_targets(self.model)
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._partition_seed(meta["index"]))
@@ -101,12 +107,12 @@ class Adapters(Strategy[AdaptersConfig]):
             self.delete(name)
         self.policy.reset(name)
         # Own head: always per_adapter; with a shared head, for partitions some are denied.
-        own = self.config.head == "per_adapter" or self.policy.is_restricted(name)
+        own = not self.lm and (self.config.head == "per_adapter" or self.policy.is_restricted(name))
         meta = {"index": exp.index, "task_id": exp.task_id, "classes": list(exp.classes)}
         self._add_adapter(name, {**meta, "own_head": own})
         self.training_name = name  # the current partition, until the next one starts
         self.bank.activate([name], train_dropout=name)
-        if not own and self.head_owner is None:
+        if not own and not self.lm and self.head_owner is None:
             self.head_owner = name
         for p in self.trainable_parameters():
             p.requires_grad_(True)
@@ -124,7 +130,7 @@ class Adapters(Strategy[AdaptersConfig]):
 
     def forward(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         assert self.training_name is not None
-        return self._head(self.training_name)(self.bank(x))
+        return self._head(self.training_name)(adapted(self.model, self.bank, x))
 
     def after_experience(self, exp: Experience) -> None:
         name = self.training_name
@@ -138,7 +144,7 @@ class Adapters(Strategy[AdaptersConfig]):
         c = self.config
         entry = fit_entry(
             z.cpu(),
-            exp.train.y.cpu(),
+            torch.zeros(len(z), dtype=torch.long) if self.lm else exp.train.y.cpu(),
             kind=c.router,
             components=c.router_components,
             shrinkage=c.router_shrinkage,
@@ -153,14 +159,18 @@ class Adapters(Strategy[AdaptersConfig]):
         was_training = self.model.training
         self.model.eval()
         bs = self.context.train.eval_batch_size
-        out = torch.cat([self.model.backbone(x[i : i + bs]) for i in range(0, len(x), bs)])
+        out = torch.cat([embed(self.model, x[i : i + bs]) for i in range(0, len(x), bs)])
         self.model.train(was_training)
         return out.float()
 
     def adapter_logits(self, name: str, x: Tensor) -> Tensor:
         """Logits of adapter ``name`` and its head (the oracle's output for its task)."""
         self.bank.activate([name])
-        return self._head(name)(self.bank(x)).float()
+        return self._head(name)(adapted(self.model, self.bank, x)).float()
+
+    def generate(self, ids: Tensor, mask: Tensor, **kw: Any) -> Tensor:
+        """Greedy continuations of prompts for ``config.principal`` (:mod:`cl.adapter_lm`)."""
+        return routed_generate(self, ids, mask, principal=self.config.principal, **kw)
 
     def usable(self, principal: str | None) -> list[str]:
         """Adapters (trained, with routing entries) that ``principal`` may use."""
@@ -189,7 +199,6 @@ class Adapters(Strategy[AdaptersConfig]):
             router=self.router,
             features=self.frozen_features,
             logits=self.adapter_logits,
-            n_classes=self.context.stream.n_classes,
             top_k=c.top_k,
             temperature=c.router_temperature,
         )
@@ -253,8 +262,9 @@ class Adapters(Strategy[AdaptersConfig]):
 
     def merged_model(self, name: str, path: str | Path | None = None) -> nn.Module:
         """A plain model with adapter ``name`` merged into the backbone (saved when ``path``)."""
-        fd = self.model.feature_dim
-        return self.bank.merged(name, self._head(name), fd, path, self._public_meta(name))
+        fd, meta = self.model.feature_dim, self._public_meta(name)
+        wrap = merged_wrapper(self.model)
+        return self.bank.merged(name, self._head(name), fd, path, meta, wrap=wrap)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

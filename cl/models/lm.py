@@ -60,15 +60,20 @@ class LanguageModel(CLModel):
     def features(self, x: Tensor) -> Tensor:
         raise NotImplementedError("a language model has no pooled features; use forward()")
 
-    def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
-        """Logits ``[B, V, Lt]`` predicting each target token of the packed input ``x``."""
+    def forward(self, x: Tensor, task_ids: Tensor | None = None, *, hf: Any = None) -> Tensor:
+        """Logits ``[B, V, Lt]`` predicting each target token of the packed input ``x``.
+
+        ``hf`` runs another Hugging Face module of the same architecture instead (e.g. a copy
+        carrying peft adapters, as the ``adapters`` strategy's bank holds).
+        """
+        hf = self.hf if hf is None else hf
         ids, code = x[:, 0], x[:, 1]
         lp = target_start(code)
         if self.kind == "causal":
             mask = (code > 0).long()
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             lt = ids.shape[1] - lp
-            out = self.hf(
+            out = hf(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=pos,
@@ -76,10 +81,10 @@ class LanguageModel(CLModel):
                 logits_to_keep=lt + 1,
             )
             return out.logits[:, :-1].transpose(1, 2)
-        start = int(self.hf.config.decoder_start_token_id or 0)
+        start = int(hf.config.decoder_start_token_id or 0)
         target = ids[:, lp:].masked_fill(code[:, lp:] != 2, start)
         dec_in = torch.cat([torch.full_like(target[:, :1], start), target[:, :-1]], dim=1)
-        out = self.hf(
+        out = hf(
             input_ids=ids[:, :lp],
             attention_mask=(code[:, :lp] == 1).long(),
             decoder_input_ids=dec_in,
@@ -97,6 +102,7 @@ class LanguageModel(CLModel):
         eos_id: int,
         pad_id: int,
         task_ids: Tensor | None = None,
+        hf: Any = None,
     ) -> Tensor:
         """Greedy continuations ``[B, <= max_new_tokens]`` of left-padded prompts (KV cache).
 
@@ -108,7 +114,10 @@ class LanguageModel(CLModel):
                 are padded with ``pad_id``).
             pad_id: Padding id.
             task_ids: Task ids of the rows (unused by the plain model).
+            hf: Another Hugging Face module of the same architecture to run (see
+                :meth:`forward`).
         """
+        hf = self.hf if hf is None else hf
         kw: dict[str, Any] = dict(
             input_ids=ids,
             attention_mask=mask.long(),
@@ -120,8 +129,8 @@ class LanguageModel(CLModel):
             use_cache=True,
         )
         if self.kind == "seq2seq":
-            kw["decoder_start_token_id"] = int(self.hf.config.decoder_start_token_id or 0)
-        out = self.hf.generate(**kw)
+            kw["decoder_start_token_id"] = int(hf.config.decoder_start_token_id or 0)
+        out = hf.generate(**kw)
         # Decoder-only models return prompt + continuation; seq2seq ones start with the
         # decoder start token.
         return out[:, ids.shape[1] :] if self.kind == "causal" else out[:, 1:]
