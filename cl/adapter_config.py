@@ -24,16 +24,19 @@ class AdaptersConfig(StrategyConfig):
         lora_alpha: LoRA scaling numerator (MoRA ignores it, as the paper's code does).
         lora_dropout: Dropout on the adapter input.
         mora_type: 1 (sharing operators) or 6 (rotation operators).
-        target_modules: Backbone module names to adapt; empty: every ``nn.Linear``.
+        target_modules: Backbone module names to adapt; empty: every ``nn.Linear`` (of a
+            language model: all but its output embeddings).
         head: ``per_adapter`` (a head over each partition's classes) or ``shared`` (the model's
             head, trained with the first public partition and then frozen: for streams whose
             partitions share one label space; restricted partitions get their own head).
+            Language models have no head (their vocabulary logits): ignored.
         routing: ``oracle`` (adapter of the task id; task ids needed at test time) or
             ``router`` (ranked by the partitions' embedding models).
-        router: ``gmm`` or ``prototypes``.
+        router: ``gmm``, ``prototypes`` or ``knn`` (a retriever: the nearest stored embedding
+            of each partition; a language model's router reads its mean prompt states).
         router_components: Mixture components (or prototypes) per class.
         router_shrinkage: Least covariance shrinkage of the gmm router.
-        top_k: Adapters mixed per query.
+        top_k: Adapters mixed per query (a language model mixes next-token distributions).
         router_temperature: Temperature of the mixture weights.
         principal: Principal the evaluator predicts for (null: unrestricted).
         access: Adapter name (``exp{index}``) -> principals allowed to use it (absent: public).
