@@ -13,7 +13,8 @@ returns the log of that mixture at every target position.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,8 @@ from cl.models.lm import LanguageModel, target_start
 
 def lm_targets(hf: nn.Module) -> list[str]:
     """Names of the LM's ``nn.Linear`` modules except its output embeddings (``lm_head``)."""
-    out = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    get_out: Any = getattr(hf, "get_output_embeddings", None)
+    out = get_out() if get_out is not None else None
     return sorted(n for n, m in hf.named_modules() if isinstance(m, nn.Linear) and m is not out)
 
 
@@ -101,6 +103,9 @@ class _Decoder:
         self.kind, self.hf_of = model.kind, hf_of
         self.mask = mask.long()
         hf = hf_of()
+        # The KV cache argument: ``cache`` in recent transformers, ``past_key_values`` before.
+        params = inspect.signature(hf.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
         if self.kind == "causal":
             pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
             out = hf(
@@ -115,14 +120,14 @@ class _Decoder:
             start = int(hf.config.decoder_start_token_id or 0)
             dec = torch.full((len(ids), 1), start, dtype=ids.dtype, device=ids.device)
             out = self._decode(dec, None)
-        self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
+        self._keep(out)
 
     def _decode(self, tok: Tensor, past: Any) -> Any:
         return self.hf_of()(
             encoder_outputs=self.encoded,
             attention_mask=self.mask,
             decoder_input_ids=tok,
-            past_key_values=past,
+            **{self.cache_arg: past},
             use_cache=True,
         )
 
@@ -135,18 +140,23 @@ class _Decoder:
                 input_ids=tok,
                 attention_mask=self.mask,
                 position_ids=self.mask.sum(dim=1, keepdim=True) - 1,
-                past_key_values=self.past,
+                **{self.cache_arg: self.past},
                 use_cache=True,
             )
         else:
             out = self._decode(tok, self.past)
-        self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
+        self._keep(out)
+
+    def _keep(self, out: Any) -> None:
+        cache = out.get("cache")
+        self.past = cache if cache is not None else out.past_key_values
+        self.logits = out.logits[:, -1].float()
 
 
 @torch.no_grad()
 def mixed_generate(
     model: LanguageModel,
-    runners: list[tuple[Callable[[], Any], Tensor, Tensor]],
+    runners: Sequence[tuple[Callable[[], Any], Tensor, Tensor]],
     ids: Tensor,
     mask: Tensor,
     *,
