@@ -177,3 +177,23 @@ def test_exports_load_with_plain_peft_and_cl_adapters_delete_purges_them(
     assert list(purged.strategy.meta) == ["exp0"]
     assert all_equal(logits(purged.strategy, stream), logits(never.strategy, stream))
     assert texts(purged.strategy, stream) == texts(never.strategy, stream)
+
+
+def test_seq2seq_adapters_decode_with_their_cache_and_mix():
+    b = build(compose([*LM_SWAP, "model=hf_seq2seq", "train.epochs=2", "strategy.top_k=2"]))
+    s = b.strategy
+    for e in b.stream:
+        s.train_experience(e)
+    s.model.eval()
+    data = b.stream[0].test
+    ids, mask = split_prompt(data.x)
+    kw = dict(max_new_tokens=data.max_new_tokens, eos_id=data.eos_id, pad_id=data.pad_id)
+    rows = torch.arange(len(ids))
+    with torch.inference_mode():
+        alone = s.model.generate_ids(ids, mask, hf=adapted_hf(s.bank, "exp1"), **kw)
+        one = [(lambda: adapted_hf(s.bank, "exp1"), rows, torch.ones(len(ids)))]
+        assert torch.equal(mixed_generate(s.model, one, ids, mask, **kw), alone)
+        mixed = s.predict_for(data.x, None)  # top-2 next-token mixtures
+    assert torch.allclose(mixed.logsumexp(dim=1), torch.zeros(()), atol=1e-5)
+    assert s.routing_accuracy(list(b.stream), ks=(1,))[1] >= 0.9
+    assert len(generate(s, data, batch_size=64, task_aware=False)) == len(data)
