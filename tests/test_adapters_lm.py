@@ -2,7 +2,8 @@
 stream: per-partition LoRA adapters with oracle routing forget nothing, the retriever routes
 queries to their partition, a denied principal and a deletion see exactly a model never trained
 on the partition (logits and generated text), ``cl-adapters delete`` purges checkpoints and
-exports, exported adapters load with plain peft, and next-token mixtures are exact."""
+exports, exported adapters load with plain peft, and next-token mixtures are exact (also on a
+tiny T5)."""
 
 from __future__ import annotations
 
