@@ -26,7 +26,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from cl.errors import ConfigError
-from cl.lookahead import LOOKAHEAD_STEPS, optimizer_delta, sgd_delta
+from cl.lookahead import LOOKAHEAD_STEPS, Scratch, optimizer_delta, sgd_delta
 from cl.models.hypernet import (
     ACTIVATIONS,
     HyperNetwork,
@@ -131,6 +131,7 @@ class Hypernet(Strategy[HypernetConfig]):
         # Fixed within an experience: embeddings and targets of the old tasks, stacked.
         self._old: tuple[Tensor, Tensor] | None = None
         self._step: RegStep | None = None  # this training step's regulariser inputs
+        self._scratch = Scratch()  # the look-ahead's work tensors, kept across steps
 
     def generate(self, tasks: list[int]) -> Tensor:
         """Flat target weights ``(len(tasks), n)`` for ``tasks``, in one hypernetwork pass."""
@@ -217,11 +218,10 @@ class Hypernet(Strategy[HypernetConfig]):
         names, params = zip(*self.hnet.named_parameters(), strict=True)
         assert self.optimizer is not None
         preview = optimizer_delta if self.config.lookahead_step == "optimizer" else sgd_delta
-        delta = preview(self.optimizer, params, [p.grad for p in params])
-        theta = dict(self.hnet.named_buffers())
-        for n, p, d in zip(names, params, delta, strict=True):
-            theta[n] = p if d is None else p + d.detach()
-        self._step.pred = functional_call(self.hnet, theta, (self._step.emb,))
+        grads = [p.grad for p in params]
+        ahead = preview(self.optimizer, params, grads, scratch=self._scratch, add_param=True)
+        at = {n: a for n, a in zip(names, ahead, strict=True) if a is not None}
+        self._step.pred = self.hnet(self._step.emb, at)  # at theta + dtheta, dtheta detached
         return task_loss.detach()
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
@@ -232,6 +232,8 @@ class Hypernet(Strategy[HypernetConfig]):
 
     def after_experience(self, exp: Experience) -> None:
         self._old = None
+        self._scratch.clear()
+        self.hnet.release_workspace()
         if exp.task_id not in self.learned:
             self.learned.append(exp.task_id)
         with torch.no_grad():  # theta*: targets for every learned task, recomputed now
