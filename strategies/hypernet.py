@@ -26,7 +26,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from cl.errors import ConfigError
-from cl.lookahead import LOOKAHEAD_STEPS, Scratch, optimizer_delta, sgd_delta
+from cl.lookahead import LOOKAHEAD_STEPS, optimizer_delta, sgd_delta
 from cl.models.hypernet import (
     ACTIVATIONS,
     HyperNetwork,
@@ -131,7 +131,6 @@ class Hypernet(Strategy[HypernetConfig]):
         # Fixed within an experience: embeddings and targets of the old tasks, stacked.
         self._old: tuple[Tensor, Tensor] | None = None
         self._step: RegStep | None = None  # this training step's regulariser inputs
-        self._scratch = Scratch()  # the look-ahead's work tensors, kept across steps
 
     def generate(self, tasks: list[int]) -> Tensor:
         """Flat target weights ``(len(tasks), n)`` for ``tasks``, in one hypernetwork pass."""
@@ -179,7 +178,8 @@ class Hypernet(Strategy[HypernetConfig]):
         tc, kinds = self.context.train, {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
         if tc.optimizer not in kinds or not params:
             return super().build_optimizer(params)
-        return kinds[tc.optimizer](params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+        lr = tc.effective_lr  # train.lr, scaled by batch_size / train.lr_scale_batch when set
+        return kinds[tc.optimizer](params, lr=lr, weight_decay=tc.weight_decay, fused=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         # Embeddings of earlier tasks stay fixed: only the current one is learned.
@@ -219,7 +219,7 @@ class Hypernet(Strategy[HypernetConfig]):
         assert self.optimizer is not None
         preview = optimizer_delta if self.config.lookahead_step == "optimizer" else sgd_delta
         grads = [p.grad for p in params]
-        ahead = preview(self.optimizer, params, grads, scratch=self._scratch, add_param=True)
+        ahead = preview(self.optimizer, params, grads, scratch=self.hnet.workspace, add_param=True)
         at = {n: a for n, a in zip(names, ahead, strict=True) if a is not None}
         self._step.pred = self.hnet(self._step.emb, at)  # at theta + dtheta, dtheta detached
         return task_loss.detach()
@@ -232,7 +232,6 @@ class Hypernet(Strategy[HypernetConfig]):
 
     def after_experience(self, exp: Experience) -> None:
         self._old = None
-        self._scratch.clear()
         self.hnet.release_workspace()
         if exp.task_id not in self.learned:
             self.learned.append(exp.task_id)

@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from cl.checkpoint import load_checkpoint
 from cl.config import build
-from cl.lookahead import optimizer_delta, sgd_delta
-from cl.models.hypernet import normalized_entropy
+from cl.lookahead import Scratch, optimizer_delta, sgd_delta
+from cl.models.hypernet import HyperNetwork, normalized_entropy
 from cl.run import run_experiment
 from cl.strategy import Batch
 from cl.streams.base import TensorData
@@ -180,10 +180,18 @@ def test_lookahead_previews_the_optimizer_step(make: Any) -> None:
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3, generator=gen)) for _ in range(2)]
     opt = make(params)
+    scratch = Scratch()  # kept tensors reused step after step give the same previews
     for step in range(4):  # the first preview has no state yet; later ones do
         grads = [torch.randn(p.shape, generator=gen) for p in params]
         before = [p.detach().clone() for p in params]
         delta = optimizer_delta(opt, params, grads)
+        ahead = [
+            a.clone() for a in optimizer_delta(opt, params, grads, scratch=scratch, add_param=True)
+        ]  # type: ignore[union-attr]
+        sgd_ahead = sgd_delta(opt, params, grads, scratch=scratch, add_param=True)
+        lr = opt.param_groups[0]["lr"]
+        for p, g, a in zip(params, grads, sgd_ahead, strict=True):
+            assert a is not None and torch.allclose(a, p.detach() - lr * g, atol=1e-7)
         if step == 2:  # the plain SGD step, at the group's lr
             lr = opt.param_groups[0]["lr"]
             sgd = sgd_delta(opt, params, grads)
@@ -191,9 +199,38 @@ def test_lookahead_previews_the_optimizer_step(make: Any) -> None:
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt.step()
-        for p, b, d in zip(params, before, delta, strict=True):
+        for p, b, d, a in zip(params, before, delta, ahead, strict=True):
             assert d is not None
             assert torch.allclose(p.detach() - b, d, atol=1e-6, rtol=1e-4)
+            assert torch.allclose(p.detach(), a, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_lookahead_forward_and_inplace_gradients_match_plain_autograd(chunk_size: Any) -> None:
+    """``hnet(e, ahead)``: outputs and gradients of plain autograd on
+    ``theta + detach(ahead - theta)``; weight gradients accumulate in a kept tensor."""
+    torch.manual_seed(0)
+    h = HyperNetwork(n_out=30, emb_dim=4, hidden_sizes=[5, 6], chunk_size=chunk_size)
+    ref = copy.deepcopy(h)
+    emb, w1, w2 = torch.randn(3, 4), torch.randn(3, 30), torch.randn(3, 30)
+    ahead = {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in h.named_parameters()}
+    ptrs = []
+    for _ in range(2):  # twice: the second round reuses the first round's gradient tensor
+        h.zero_grad(set_to_none=True)
+        ref.zero_grad(set_to_none=True)
+        (h(emb) * w1).sum().backward()  # the task loss at theta, then the regulariser ahead
+        out = h(emb, ahead)
+        (out * w2).sum().backward()
+        params = dict(ref.named_parameters())  # plain autograd: non-leaf weights
+        plain0 = torch.func.functional_call(ref, {n: p.clone() for n, p in params.items()}, emb)
+        at = {n: p + (ahead[n] - p).detach() for n, p in params.items()}
+        plain = torch.func.functional_call(ref, at, emb)
+        ((plain0 * w1).sum() + (plain * w2).sum()).backward()
+        assert torch.allclose(out, plain, atol=1e-6)
+        for (n, p), q in zip(h.named_parameters(), ref.parameters(), strict=True):
+            assert p.grad is not None and torch.allclose(p.grad, q.grad, atol=1e-5), n
+        ptrs.append(h.out.weight.grad.data_ptr())  # type: ignore[union-attr]
+    assert ptrs[0] == ptrs[1]
 
 
 def test_normalized_entropy() -> None:

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cl.lookahead import Scratch
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "elu": F.elu,
@@ -59,7 +61,7 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        x: Tensor, weight: Tensor, bias: Tensor, w_at: Tensor, b_at: Tensor, store: Any
+        x: Tensor, weight: Tensor, bias: Tensor, w_at: Tensor, b_at: Tensor, store: Scratch
     ) -> Tensor:
         return F.linear(x, w_at, b_at)
 
@@ -74,10 +76,7 @@ class _Linear(torch.autograd.Function):
         x, w_at = ctx.saved_tensors
         weight, store = ctx.weight, ctx.store
         if weight.grad is None:  # set to None by zero_grad: reuse the kept tensor
-            buf = store.get(id(weight))
-            if buf is None or buf.shape != weight.shape or buf.dtype != g.dtype:
-                buf = store[id(weight)] = torch.empty_like(weight, dtype=g.dtype)
-            weight.grad = torch.mm(g.t(), x, out=buf)
+            weight.grad = torch.mm(g.t(), x, out=store.like(weight, weight, "grad"))
         else:
             weight.grad.addmm_(g.t(), x)
         grad_x = g @ w_at if ctx.needs_input_grad[0] else None
@@ -90,7 +89,7 @@ def linear(
     x: Tensor,
     ahead: Mapping[str, Tensor] | None = None,
     prefix: str = "",
-    store: dict[int, Tensor] | None = None,
+    store: Scratch | None = None,
 ) -> Tensor:
     """``layer(x)`` at its parameters or at their look-ahead values ``ahead[prefix + name]``
     (detached; the gradient reaches the parameters as if they had been added to them).
@@ -98,7 +97,8 @@ def linear(
     While training (grad enabled, leaf fp32 parameters, no autocast), ``layer.weight``'s
     gradient is accumulated in place, in a tensor kept in ``store`` (see :class:`_Linear`).
     """
-    w, b = layer.weight, layer.bias
+    w: Tensor = layer.weight
+    b: Tensor = layer.bias
     w_at = ahead.get(prefix + "weight", w) if ahead else w
     b_at = ahead.get(prefix + "bias", b) if ahead else b
     trains = torch.is_grad_enabled() and w.requires_grad and w.is_leaf and b.is_leaf
@@ -190,6 +190,9 @@ class HyperNetwork(nn.Module):
         offset: Fixed per-output shift.
     """
 
+    scale: Tensor
+    offset: Tensor
+
     def __init__(
         self,
         *,
@@ -226,11 +229,12 @@ class HyperNetwork(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.register_buffer("scale", scale if scale is not None else torch.ones(n_out))
         self.register_buffer("offset", offset if offset is not None else torch.zeros(n_out))
-        self._grads: dict[int, Tensor] = {}  # weight gradients kept across steps
+        # Kept across steps: the weight gradients, and the look-ahead's work tensors.
+        self.workspace = Scratch()
 
     def release_workspace(self) -> None:
-        """Free the kept weight-gradient tensors (they are allocated again when needed)."""
-        self._grads.clear()
+        """Free the kept work tensors (they are allocated again when next needed)."""
+        self.workspace.clear()
 
     def forward(self, emb: Tensor, ahead: Mapping[str, Tensor] | None = None) -> Tensor:
         """Generated weights: ``(n_out,)`` for one embedding, ``(B, n_out)`` for ``(B, d)``.
@@ -245,7 +249,7 @@ class HyperNetwork(nn.Module):
         e = emb.unsqueeze(0) if single else emb
         if self.chunk_size is not None:
             b, n_chunks = e.shape[0], self.chunk_emb.shape[0]
-            chunk_emb = self.chunk_emb
+            chunk_emb: Tensor = self.chunk_emb
             if ahead and "chunk_emb" in ahead:
                 chunk_emb = chunk_emb + (ahead["chunk_emb"] - chunk_emb).detach()
             h = torch.cat(
@@ -258,8 +262,9 @@ class HyperNetwork(nn.Module):
         else:
             h = e
         for i, layer in enumerate(self.hidden):
-            h = self.act(linear(layer, h, ahead, f"hidden.{i}.", self._grads))
-        out = linear(self.out, h, ahead, "out.", self._grads)
+            assert isinstance(layer, nn.Linear)
+            h = self.act(linear(layer, h, ahead, f"hidden.{i}.", self.workspace))
+        out = linear(self.out, h, ahead, "out.", self.workspace)
         out = out.reshape(e.shape[0], -1)[:, : self.n_out]
         out = out * self.scale + self.offset
         return out[0] if single else out
