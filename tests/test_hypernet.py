@@ -185,9 +185,8 @@ def test_lookahead_previews_the_optimizer_step(make: Any) -> None:
         grads = [torch.randn(p.shape, generator=gen) for p in params]
         before = [p.detach().clone() for p in params]
         delta = optimizer_delta(opt, params, grads)
-        ahead = [
-            a.clone() for a in optimizer_delta(opt, params, grads, scratch=scratch, add_param=True)
-        ]  # type: ignore[union-attr]
+        kept = optimizer_delta(opt, params, grads, scratch=scratch, add_param=True)
+        ahead = [a.clone() for a in kept if a is not None]  # sgd_delta reuses the scratch
         sgd_ahead = sgd_delta(opt, params, grads, scratch=scratch, add_param=True)
         lr = opt.param_groups[0]["lr"]
         for p, g, a in zip(params, grads, sgd_ahead, strict=True):
