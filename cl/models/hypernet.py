@@ -188,6 +188,11 @@ class HyperNetwork(nn.Module):
         activation: ``relu``, ``elu`` or ``tanh``.
         scale: Fixed per-output multiplier (see :meth:`TargetSpec.init_scale_offset`).
         offset: Fixed per-output shift.
+
+    While training, the weight gradients of the linear layers are written into
+    ``weight.grad`` directly (kept tensors, see :func:`linear`), not through autograd's
+    accumulation: gradient hooks on those weights do not fire, and ``torch.autograd.grad``
+    with respect to them is not supported (``backward()`` is).
     """
 
     scale: Tensor
