@@ -228,7 +228,8 @@ def test_lookahead_forward_and_inplace_gradients_match_plain_autograd(chunk_size
         assert torch.allclose(out, plain, atol=1e-6)
         for (n, p), q in zip(h.named_parameters(), ref.parameters(), strict=True):
             assert p.grad is not None and torch.allclose(p.grad, q.grad, atol=1e-5), n
-        ptrs.append(h.out.weight.grad.data_ptr())  # type: ignore[union-attr]
+        assert h.out.weight.grad is not None
+        ptrs.append(h.out.weight.grad.data_ptr())
     assert ptrs[0] == ptrs[1]
 
 
@@ -252,9 +253,10 @@ def test_normalized_entropy() -> None:
     assert normalized_entropy(confident) < normalized_entropy(unsure)
 
 
-@pytest.mark.parametrize("lookahead", [False, True])
-def test_batched_regulariser_equals_per_task_sum(lookahead: bool) -> None:
-    """One batched pass gives beta/(T-1) sum_t ||h(e_t, theta + dtheta) - target_t||^2."""
+@pytest.mark.parametrize("lookahead,step", [(False, "sgd"), (True, "sgd"), (True, "optimizer")])
+def test_batched_regulariser_equals_per_task_sum(lookahead: bool, step: str) -> None:
+    """One batched pass gives beta/(T-1) sum_t ||h(e_t, theta + dtheta) - target_t||^2, and
+    the gradient of that sum (dtheta detached), as a plain loop over the old tasks does."""
     cfg = compose_cfg(
         [
             *DIGITS,
@@ -264,7 +266,7 @@ def test_batched_regulariser_equals_per_task_sum(lookahead: bool) -> None:
             "model.hidden_sizes=[16]",
             "strategy.beta=0.5",
             f"strategy.lookahead={lookahead}",
-            "strategy.lookahead_step=sgd",
+            f"strategy.lookahead_step={step}",
         ]
     )
     b = build(cfg)
@@ -279,20 +281,29 @@ def test_batched_regulariser_equals_per_task_sum(lookahead: bool) -> None:
     logits = s.forward(batch.x, batch.task_ids)
     task_loss = s.loss(logits, batch)
     params = dict(s.hnet.named_parameters())
-    theta = dict(params)
-    if lookahead:  # the task loss was backpropagated: dtheta = -lr * grad
-        theta = {n: p - s.context.train.lr * p.grad for n, p in params.items()}
-        theta.update(dict(s.hnet.named_buffers()))
+    theta = {n: p.clone() for n, p in params.items()}  # non-leaf: plain autograd
+    if lookahead:  # the task loss was backpropagated: dtheta previewed from its gradients
+        preview = optimizer_delta if step == "optimizer" else sgd_delta
+        delta = preview(s.optimizer, list(params.values()), [p.grad for p in params.values()])
+        assert all(d is not None for d in delta)
+        theta = {n: p + d for (n, p), d in zip(params.items(), delta, strict=True)}  # type: ignore[operator]
     reg = s.extra_loss(batch, logits)
     assert reg is not None
-    with torch.no_grad():
-        loop = sum(
-            (torch.func.functional_call(s.hnet, theta, (s.embeddings[t].detach(),)) - s.targets[t])
-            .pow(2)
-            .sum()
-            for t in (0, 1, 2)
-        )
-    assert torch.allclose(reg.detach(), 0.5 / 3 * loop, rtol=1e-5)
+    loop = sum(
+        (torch.func.functional_call(s.hnet, theta, (s.embeddings[t].detach(),)) - s.targets[t])
+        .pow(2)
+        .sum()
+        for t in (0, 1, 2)
+    )
+    assert torch.allclose(reg.detach(), 0.5 / 3 * loop.detach(), rtol=1e-5)
+    want = torch.autograd.grad(0.5 / 3 * loop, list(params.values()))
+    if not lookahead:  # the task loss's gradient first, as the look-ahead has it
+        task_loss.backward(retain_graph=True)
+    before = {n: p.grad.clone() if p.grad is not None else 0.0 for n, p in params.items()}
+    reg.backward()  # the regulariser's gradient adds to it
+    for (n, p), w in zip(params.items(), want, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad - before[n], w, rtol=1e-4, atol=1e-5, msg=n)
     assert task_loss.requires_grad != lookahead  # with look-ahead, already backpropagated
 
 
