@@ -8,10 +8,14 @@ batch 128, 1 epoch per task, in one process:
 - platform: ``strategy=hypernet`` trained by the platform's loop (what ``run_experiment``
   times as ``train_seconds``; the regulariser is the strategy's own code): every
   old task regularised in one batched hypernetwork pass, embeddings and targets stacked once
-  per experience, and (without look-ahead) the current task generated in the same pass;
-- per-task loop: the textbook implementation, written out here: the current task's weights
-  from one pass, then one hypernetwork pass per old task, each compared with its target.
+  per experience, and (without look-ahead) the current task generated in the same pass; the
+  output layer's gradient accumulated in place and the look-ahead ``theta + dtheta`` written
+  into kept tensors (no per-step allocation of the millions-of-weights layer);
+- per-task loop: the textbook implementation in plain PyTorch, written out here: the current
+  task's weights from one pass, then one hypernetwork pass per old task, each compared with its
+  target (with look-ahead: at ``theta + dtheta``, the same optimiser-step preview).
 
+The two alternate experience by experience in one process, so both see the same machine load.
 Only training is timed, in process CPU seconds (not inflated by other load on a shared machine)
 and wall seconds. Prints both times, the ratio (target <= 0.5) and both runs' accuracy
 and forgetting (they should match: the same computation, organised differently).
@@ -29,7 +33,6 @@ from typing import Any
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch
-from torch.func import functional_call
 from torch.nn import functional as F
 
 
@@ -77,70 +80,85 @@ class Clock:
         self.cpu += time.process_time() - self._c
 
 
-def platform(cfg: Any) -> tuple[Clock, dict[str, Any]]:
+class Platform:
     """The platform's loop (what ``run_experiment`` times as ``train_seconds``)."""
-    from cl import metrics
-    from cl.config import build
-    from cl.evaluate import evaluate_row, primary
 
-    built = build(cfg)
-    s, stream = built.strategy, built.stream
-    clock, rows = Clock(), []
-    for i, exp in enumerate(stream):
-        with clock:
-            s.train_experience(exp)
-        agn, aware = evaluate_row(s, stream, trained_upto=i, batch_size=built.train.eval_batch_size)
-        rows.append(primary(stream.scenario, agn, aware))
-    return clock, {"avg_acc": metrics.avg_acc(rows), "forgetting": metrics.forgetting(rows)}
+    def __init__(self, cfg: Any) -> None:
+        from cl.config import build
+
+        self.built = build(cfg)
+        self.clock, self.rows = Clock(), []
+
+    def train(self, i: int) -> None:
+        with self.clock:
+            self.built.strategy.train_experience(self.built.stream[i])
+        self.evaluate(i)
+
+    def evaluate(self, i: int) -> None:
+        from cl.evaluate import evaluate_row, primary
+
+        b = self.built
+        agn, aware = evaluate_row(
+            b.strategy, b.stream, trained_upto=i, batch_size=b.train.eval_batch_size
+        )
+        self.rows.append(primary(b.stream.scenario, agn, aware))
+
+    def metrics(self) -> dict[str, float]:
+        from cl import metrics
+
+        return {"avg_acc": metrics.avg_acc(self.rows), "forgetting": metrics.forgetting(self.rows)}
 
 
-def per_task_loop(cfg: Any) -> tuple[Clock, dict[str, Any]]:
-    """The same training with the regulariser as a loop over old tasks (hypercl's structure)."""
-    from cl import metrics
-    from cl.config import build
-    from cl.evaluate import evaluate_row, primary
-    from cl.lookahead import optimizer_delta
+def plain_hnet(s: Any, theta: dict[str, torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+    """The full hypernetwork's forward written with plain autograd ops at parameters ``theta``."""
+    h, x = s.hnet, emb
+    for i in range(len(h.hidden)):
+        x = h.act(F.linear(x, theta[f"hidden.{i}.weight"], theta[f"hidden.{i}.bias"]))
+    return F.linear(x, theta["out.weight"], theta["out.bias"])[..., : h.n_out] * h.scale + h.offset
 
-    built = build(cfg)  # same seed: same hypernetwork, embeddings and batches as the platform
-    s, stream, tc = built.strategy, built.stream, built.train
-    beta, lookahead = s.config.beta, s.config.lookahead
-    clock, rows = Clock(), []
-    for i, exp in enumerate(stream):
+
+class PerTaskLoop(Platform):
+    """The same training with the regulariser as a loop over old tasks (hypercl's structure),
+    in plain PyTorch: a fresh tensor for every gradient and every look-ahead value."""
+
+    def train(self, i: int) -> None:
+        from cl.lookahead import optimizer_delta
+
+        s, exp, tc = self.built.strategy, self.built.stream[i], self.built.train
+        beta, lookahead = s.config.beta, s.config.lookahead
         task = exp.task_id
         old = [t for t in s.learned if t != task]
         s.model.train()
-        with clock:
+        with self.clock:
             opt = s.build_optimizer([*s.hnet.parameters(), s.embeddings[task]])
             for epoch in range(tc.epochs):
                 for batch in s.iterate(exp.train, epoch=epoch, exp_index=i):
                     opt.zero_grad(set_to_none=True)
-                    ids = torch.full_like(batch.y, task)
-                    loss = F.cross_entropy(s._logits_with_ids(batch.x, ids), batch.y)
+                    params = dict(s.hnet.named_parameters())
+                    flat = plain_hnet(s, params, s.embeddings[task])
+                    loss = F.cross_entropy(s.task_logits(batch.x, task, flat), batch.y)
                     if not old or beta == 0:
                         loss.backward()
                         opt.step()
                         continue
-                    theta: dict[str, torch.Tensor] = dict(s.hnet.named_parameters())
+                    theta = params
                     if lookahead:  # backprop the task loss, then preview the optimiser's step
                         loss.backward()
-                        hp = list(s.hnet.parameters())
+                        hp = list(params.values())
                         delta = optimizer_delta(opt, hp, [p.grad for p in hp])
                         theta = {
                             n: p + d.detach()
-                            for (n, p), d in zip(s.hnet.named_parameters(), delta, strict=True)
+                            for (n, p), d in zip(params.items(), delta, strict=True)
                         }
                         loss = loss.new_zeros(())
-                    theta.update(dict(s.hnet.named_buffers()))
                     reg = loss.new_zeros(())
                     for t in old:
-                        pred = functional_call(s.hnet, theta, (s.embeddings[t],))
+                        pred = plain_hnet(s, theta, s.embeddings[t].detach())
                         reg = reg + (pred - s.targets[t]).pow(2).sum()
                     (loss + beta / len(old) * reg).backward()
                     opt.step()
             s.after_experience(exp)  # stores the targets of every learned task
-        agn, aware = evaluate_row(s, stream, trained_upto=i, batch_size=tc.eval_batch_size)
-        rows.append(primary(stream.scenario, agn, aware))
-    return clock, {"avg_acc": metrics.avg_acc(rows), "forgetting": metrics.forgetting(rows)}
+        self.evaluate(i)
 
 
 def main() -> None:
@@ -163,15 +181,19 @@ def main() -> None:
     )
     for la in modes:
         cfg = compose(args, la)
-        ours, m_ours = platform(cfg)
-        loop, m_loop = per_task_loop(cfg)
+        ours, loop = Platform(cfg), PerTaskLoop(cfg)  # same seed: same weights and batches
+        for i in range(len(ours.built.stream)):  # interleaved: both see the same load
+            ours.train(i)
+            loop.train(i)
         print(f"[{cfg.stream.name}, lookahead={la}]")
-        for name, c, m in (("platform (batched)", ours, m_ours), ("per-task loop", loop, m_loop)):
+        for name, r in (("platform (batched)", ours), ("per-task loop", loop)):
+            m = r.metrics()
             print(
-                f"  {name:19s}: train CPU {c.cpu:7.2f} s  wall {c.wall:7.2f} s  "
+                f"  {name:19s}: train CPU {r.clock.cpu:7.2f} s  wall {r.clock.wall:7.2f} s  "
                 f"avg_acc {m['avg_acc']:.4f}  forgetting {m['forgetting']:.4f}"
             )
-        ratio = f"CPU {ours.cpu / loop.cpu:6.3f}  wall {ours.wall / loop.wall:6.3f}"
+        a, b = ours.clock, loop.clock
+        ratio = f"CPU {a.cpu / b.cpu:6.3f}  wall {a.wall / b.wall:6.3f}"
         print(f"  platform / loop    : {ratio}  (target <= 0.5)")
 
 

@@ -199,11 +199,11 @@ class EWC(Strategy[EWCConfig]):
         if tc.optimizer != "sgd" or not self.importance:
             return
         a_max = max(float(a.max()) for a in self.importance.values())
-        curvature = tc.lr * self.penalty_weight * a_max
+        curvature = tc.effective_lr * self.penalty_weight * a_max  # the optimiser's lr
         bound = 2.0 * (1.0 + tc.momentum)
         if curvature > bound:
             warnings.warn(
-                f"ewc: train.lr * strategy.ewc_lambda * max(Fisher) = {curvature:.3g} exceeds "
+                f"ewc: lr * strategy.ewc_lambda * max(Fisher) = {curvature:.3g} exceeds "
                 f"{bound:g}: SGD on the EWC penalty diverges for the most important weights; "
                 "lower train.lr or strategy.ewc_lambda, or set strategy.penalty_step=implicit",
                 RuntimeWarning,

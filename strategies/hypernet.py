@@ -178,7 +178,8 @@ class Hypernet(Strategy[HypernetConfig]):
         tc, kinds = self.context.train, {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
         if tc.optimizer not in kinds or not params:
             return super().build_optimizer(params)
-        return kinds[tc.optimizer](params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+        lr = tc.effective_lr  # train.lr, scaled by batch_size / train.lr_scale_batch when set
+        return kinds[tc.optimizer](params, lr=lr, weight_decay=tc.weight_decay, fused=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         # Embeddings of earlier tasks stay fixed: only the current one is learned.
@@ -217,11 +218,10 @@ class Hypernet(Strategy[HypernetConfig]):
         names, params = zip(*self.hnet.named_parameters(), strict=True)
         assert self.optimizer is not None
         preview = optimizer_delta if self.config.lookahead_step == "optimizer" else sgd_delta
-        delta = preview(self.optimizer, params, [p.grad for p in params])
-        theta = dict(self.hnet.named_buffers())
-        for n, p, d in zip(names, params, delta, strict=True):
-            theta[n] = p if d is None else p + d.detach()
-        self._step.pred = functional_call(self.hnet, theta, (self._step.emb,))
+        grads = [p.grad for p in params]
+        ahead = preview(self.optimizer, params, grads, scratch=self.hnet.workspace, add_param=True)
+        at = {n: a for n, a in zip(names, ahead, strict=True) if a is not None}
+        self._step.pred = self.hnet(self._step.emb, at)  # at theta + dtheta, dtheta detached
         return task_loss.detach()
 
     def extra_loss(self, batch: Batch, logits: Tensor) -> Tensor | None:
@@ -232,6 +232,7 @@ class Hypernet(Strategy[HypernetConfig]):
 
     def after_experience(self, exp: Experience) -> None:
         self._old = None
+        self.hnet.release_workspace()
         if exp.task_id not in self.learned:
             self.learned.append(exp.task_id)
         with torch.no_grad():  # theta*: targets for every learned task, recomputed now

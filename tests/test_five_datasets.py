@@ -1,4 +1,6 @@
-"""5-datasets: the L2P experiment composes with the paper's values; the stream converts images."""
+"""5-datasets: the L2P experiment follows its named reference; the stream converts images."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,15 +9,74 @@ from cl.errors import ConfigError, DataNotFoundError
 from cl.streams.five_datasets import FiveDatasetsConfig, five_datasets
 from tests.conftest import needs_fmnist
 
+# JH-LEE-KR/l2p-pytorch f7bc994 (configs/five_datasets_l2p.py, train_five_datasets_l2p.sh,
+# datasets.py): every value conf/experiment/l2p_5datasets.yaml sets, with the reference's flag.
+REFERENCE = {
+    "seed": 42,  # --seed
+    "stream.scenario": "class_il",  # --task_inc False
+    "stream.order": ["svhn", "mnist", "cifar10", "notmnist", "fmnist"],  # 5-datasets, no shuffle
+    "stream.normalize": "unit",  # transforms.ToTensor(), no Normalize
+    "stream.augment": "rrc_flip",  # RandomResizedCrop + RandomHorizontalFlip
+    "stream.rrc_scale": [0.05, 1.0],
+    "stream.rrc_ratio": [3 / 4, 4 / 3],
+    "stream.eval_transform": "resize_crop",  # Resize(256, bicubic) + CenterCrop(224)
+    "stream.eval_crop_pct": 224 / 256,
+    "stream.image_size": None,  # --input-size 224 (the model's)
+    "model.arch": "vit_base_patch16_224.orig_in21k",
+    "model.img_size": 224,
+    "model.pretrained": True,
+    "model.pooling": "cls",  # --embedding_key cls
+    "strategy.pool_size": 20,  # --size
+    "strategy.prompt_length": 10,  # --length
+    "strategy.top_k": 4,  # --top_k
+    "strategy.init_range": 1.0,  # --initializer / --prompt_key_init uniform
+    "strategy.pull_lambda": 0.5,  # --pull_constraint_coeff
+    "strategy.mask_old_logits": True,  # --train_mask
+    "strategy.readout": "prompt",  # --head_type prompt
+    "strategy.head_init": "trunc_normal",
+    "strategy.prompt_position": "cls",
+    "strategy.diversify": False,
+    "strategy.task_prompt_mask": True,  # --use_prompt_mask True
+    "train.optimizer": "adam",  # --opt adam
+    "train.lr": 0.03,  # --lr
+    "train.lr_scale_batch": 256,  # --unscale_lr True: lr * batch_size / 256
+    "train.batch_size": 16,  # --batch-size 16
+    "train.epochs": 5,  # --epochs
+    "train.weight_decay": 0.0,
+    "train.grad_clip": 1.0,  # --clip-grad
+    "train.lr_schedule": "constant",  # --sched constant
+    "train.warmup_steps": 0,
+    "train.reset_optimizer": True,  # --reinit_optimizer
+    "train.amp": False,
+    "train.logit_mask": "none",  # masking is strategy.mask_old_logits
+}
+DEVIATIONS = {"strategy.batchwise_prompt": (False, True)}  # (ours, the reference's): the yaml
 
-def test_l2p_5datasets_experiment_has_paper_hyperparameters(make_cfg):
+
+def test_l2p_5datasets_follows_the_named_reference(make_cfg):
+    from omegaconf import OmegaConf
+
+    from cl.config import to_dataclass
+    from cl.strategy import TrainConfig
+
     cfg = make_cfg("experiment=l2p_5datasets")
-    assert cfg.stream.name == "five_datasets"
-    assert list(cfg.stream.order) == ["cifar10", "mnist", "fmnist", "svhn", "notmnist"]
-    s, t = cfg.strategy, cfg.train
-    assert (s.pool_size, s.prompt_length, s.top_k, s.pull_lambda) == (20, 10, 4, 0.5)
-    assert (t.optimizer, t.lr, t.batch_size, t.epochs, t.grad_clip) == ("adam", 0.03, 128, 5, 1.0)
-    assert cfg.model.img_size == 224 and cfg.model.arch.startswith("vit_base_patch16_224")
+    path = Path(__file__).parents[1] / "conf/experiment/l2p_5datasets.yaml"
+    text = path.read_text()
+    assert "JH-LEE-KR/l2p-pytorch" in text and "f7bc994365f51221e059b7be18c9b08c369444e6" in text
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(raw, dict)
+    set_keys = {f"{g}.{k}" for g, v in raw.items() if isinstance(v, dict) for k in v}
+    set_keys |= {k for k, v in raw.items() if not isinstance(v, dict | list)}
+    assert set_keys <= {*REFERENCE, *DEVIATIONS, "train.eval_batch_size"}, set_keys
+    for key, want in {**REFERENCE, **{k: v[0] for k, v in DEVIATIONS.items()}}.items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_object(got) if OmegaConf.is_config(got) else got
+        assert got == (pytest.approx(want) if isinstance(want, list) else want), key
+    assert cfg.stream.name == "five_datasets" and cfg.stream.n_experiences == 5
+    s = cfg.strategy
+    assert s.top_k * cfg.stream.n_experiences == s.pool_size  # one prompt slot set per task
+    tc = to_dataclass(cfg.train, TrainConfig, "train")
+    assert tc.effective_lr == pytest.approx(0.03 * 16 / 256)
 
 
 @needs_fmnist

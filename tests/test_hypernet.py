@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from cl.checkpoint import load_checkpoint
 from cl.config import build
-from cl.lookahead import optimizer_delta, sgd_delta
-from cl.models.hypernet import normalized_entropy
+from cl.lookahead import Scratch, optimizer_delta, sgd_delta
+from cl.models.hypernet import HyperNetwork, normalized_entropy
 from cl.run import run_experiment
 from cl.strategy import Batch
 from cl.streams.base import TensorData
@@ -180,10 +180,17 @@ def test_lookahead_previews_the_optimizer_step(make: Any) -> None:
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3, generator=gen)) for _ in range(2)]
     opt = make(params)
+    scratch = Scratch()  # kept tensors reused step after step give the same previews
     for step in range(4):  # the first preview has no state yet; later ones do
         grads = [torch.randn(p.shape, generator=gen) for p in params]
         before = [p.detach().clone() for p in params]
         delta = optimizer_delta(opt, params, grads)
+        kept = optimizer_delta(opt, params, grads, scratch=scratch, add_param=True)
+        ahead = [a.clone() for a in kept if a is not None]  # sgd_delta reuses the scratch
+        sgd_ahead = sgd_delta(opt, params, grads, scratch=scratch, add_param=True)
+        lr = opt.param_groups[0]["lr"]
+        for p, g, a in zip(params, grads, sgd_ahead, strict=True):
+            assert a is not None and torch.allclose(a, p.detach() - lr * g, atol=1e-7)
         if step == 2:  # the plain SGD step, at the group's lr
             lr = opt.param_groups[0]["lr"]
             sgd = sgd_delta(opt, params, grads)
@@ -191,9 +198,39 @@ def test_lookahead_previews_the_optimizer_step(make: Any) -> None:
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt.step()
-        for p, b, d in zip(params, before, delta, strict=True):
+        for p, b, d, a in zip(params, before, delta, ahead, strict=True):
             assert d is not None
             assert torch.allclose(p.detach() - b, d, atol=1e-6, rtol=1e-4)
+            assert torch.allclose(p.detach(), a, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_lookahead_forward_and_inplace_gradients_match_plain_autograd(chunk_size: Any) -> None:
+    """``hnet(e, ahead)``: outputs and gradients of plain autograd on
+    ``theta + detach(ahead - theta)``; weight gradients accumulate in a kept tensor."""
+    torch.manual_seed(0)
+    h = HyperNetwork(n_out=30, emb_dim=4, hidden_sizes=[5, 6], chunk_size=chunk_size)
+    ref = copy.deepcopy(h)
+    emb, w1, w2 = torch.randn(3, 4), torch.randn(3, 30), torch.randn(3, 30)
+    ahead = {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in h.named_parameters()}
+    ptrs = []
+    for _ in range(2):  # twice: the second round reuses the first round's gradient tensor
+        h.zero_grad(set_to_none=True)
+        ref.zero_grad(set_to_none=True)
+        (h(emb) * w1).sum().backward()  # the task loss at theta, then the regulariser ahead
+        out = h(emb, ahead)
+        (out * w2).sum().backward()
+        params = dict(ref.named_parameters())  # plain autograd: non-leaf weights
+        plain0 = torch.func.functional_call(ref, {n: p.clone() for n, p in params.items()}, emb)
+        at = {n: p + (ahead[n] - p).detach() for n, p in params.items()}
+        plain = torch.func.functional_call(ref, at, emb)
+        ((plain0 * w1).sum() + (plain * w2).sum()).backward()
+        assert torch.allclose(out, plain, atol=1e-6)
+        for (n, p), q in zip(h.named_parameters(), ref.parameters(), strict=True):
+            assert p.grad is not None and torch.allclose(p.grad, q.grad, atol=1e-5), n
+        assert h.out.weight.grad is not None
+        ptrs.append(h.out.weight.grad.data_ptr())
+    assert ptrs[0] == ptrs[1]
 
 
 def test_normalized_entropy() -> None:
@@ -216,9 +253,10 @@ def test_normalized_entropy() -> None:
     assert normalized_entropy(confident) < normalized_entropy(unsure)
 
 
-@pytest.mark.parametrize("lookahead", [False, True])
-def test_batched_regulariser_equals_per_task_sum(lookahead: bool) -> None:
-    """One batched pass gives beta/(T-1) sum_t ||h(e_t, theta + dtheta) - target_t||^2."""
+@pytest.mark.parametrize("lookahead,step", [(False, "sgd"), (True, "sgd"), (True, "optimizer")])
+def test_batched_regulariser_equals_per_task_sum(lookahead: bool, step: str) -> None:
+    """One batched pass gives beta/(T-1) sum_t ||h(e_t, theta + dtheta) - target_t||^2, and
+    the gradient of that sum (dtheta detached), as a plain loop over the old tasks does."""
     cfg = compose_cfg(
         [
             *DIGITS,
@@ -228,7 +266,7 @@ def test_batched_regulariser_equals_per_task_sum(lookahead: bool) -> None:
             "model.hidden_sizes=[16]",
             "strategy.beta=0.5",
             f"strategy.lookahead={lookahead}",
-            "strategy.lookahead_step=sgd",
+            f"strategy.lookahead_step={step}",
         ]
     )
     b = build(cfg)
@@ -243,20 +281,29 @@ def test_batched_regulariser_equals_per_task_sum(lookahead: bool) -> None:
     logits = s.forward(batch.x, batch.task_ids)
     task_loss = s.loss(logits, batch)
     params = dict(s.hnet.named_parameters())
-    theta = dict(params)
-    if lookahead:  # the task loss was backpropagated: dtheta = -lr * grad
-        theta = {n: p - s.context.train.lr * p.grad for n, p in params.items()}
-        theta.update(dict(s.hnet.named_buffers()))
+    theta = {n: p.clone() for n, p in params.items()}  # non-leaf: plain autograd
+    if lookahead:  # the task loss was backpropagated: dtheta previewed from its gradients
+        preview = optimizer_delta if step == "optimizer" else sgd_delta
+        delta = preview(s.optimizer, list(params.values()), [p.grad for p in params.values()])
+        assert all(d is not None for d in delta)
+        theta = {n: p + d for (n, p), d in zip(params.items(), delta, strict=True)}  # type: ignore[operator]
     reg = s.extra_loss(batch, logits)
     assert reg is not None
-    with torch.no_grad():
-        loop = sum(
-            (torch.func.functional_call(s.hnet, theta, (s.embeddings[t].detach(),)) - s.targets[t])
-            .pow(2)
-            .sum()
-            for t in (0, 1, 2)
-        )
-    assert torch.allclose(reg.detach(), 0.5 / 3 * loop, rtol=1e-5)
+    loop = sum(
+        (torch.func.functional_call(s.hnet, theta, (s.embeddings[t].detach(),)) - s.targets[t])
+        .pow(2)
+        .sum()
+        for t in (0, 1, 2)
+    )
+    assert torch.allclose(reg.detach(), 0.5 / 3 * loop.detach(), rtol=1e-5)
+    want = torch.autograd.grad(0.5 / 3 * loop, list(params.values()))
+    if not lookahead:  # the task loss's gradient first, as the look-ahead has it
+        task_loss.backward(retain_graph=True)
+    before = {n: p.grad.clone() if p.grad is not None else 0.0 for n, p in params.items()}
+    reg.backward()  # the regulariser's gradient adds to it
+    for (n, p), w in zip(params.items(), want, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad - before[n], w, rtol=1e-4, atol=1e-5, msg=n)
     assert task_loss.requires_grad != lookahead  # with look-ahead, already backpropagated
 
 
