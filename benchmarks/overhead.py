@@ -140,6 +140,25 @@ def child_bare(out: str, argv: list[str]) -> None:
     Path(out).write_text(json.dumps({"train_seconds": wall, "train_cpu": sum(cpu)}))
 
 
+FLOOR = (
+    "import time, torch; p = torch.nn.Parameter(torch.zeros(4)); "
+    "o = torch.optim.SGD([p], lr=0.1, momentum=0.9); p.grad = torch.ones(4); o.step(); "
+    "print(time.time())"
+)
+
+
+def torch_floor() -> float:
+    """Seconds from spawning ``python`` to the end of one ``torch.optim`` step on a 4-vector.
+
+    No program that trains with a ``torch.optim`` optimizer reaches its first step sooner:
+    the step itself imports ``torch._dynamo`` (``torch/optim/optimizer.py``, every step runs
+    ``torch._dynamo.graph_break()``), on top of ``import torch``.
+    """
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-c", FLOOR], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1]) - t0
+
+
 def spawn(mode: str, argv: list[str]) -> tuple[float, dict]:
     """Run this script as a child in ``mode``; (its wall time from spawn, what it reported)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,6 +210,11 @@ def cold_figures(args: argparse.Namespace) -> None:
         f"{statistics.median(f[0] for f in firsts):.2f} s wall (runs: "
         f"{', '.join(f'{f[0]:.2f}' for f in firsts)}; the child's own CPU: "
         f"{', '.join(f'{f[1]:.2f}' for f in firsts)} s)  (target < 5)"
+    )
+    floors = [torch_floor() for _ in range(args.repeats)]
+    print(
+        "  floor: python + import torch + one torch.optim step (imports torch._dynamo): "
+        f"{statistics.median(floors):.2f} s wall (runs: {', '.join(f'{f:.2f}' for f in floors)})"
     )
 
 
