@@ -1,7 +1,7 @@
 """Continual pre-training on raw text: one text domain per experience, documents chunked.
 
 Every experience is a domain of the offline corpora (``bbc``, ``tweets``, ``rotten_tomatoes``,
-``20ng``, ``reuters``, or a topic of one, ``bbc:sport``): its documents, shuffled with the
+``20ng``, ``reuters``, or a topic of one, ``bbc:sports``): its documents, shuffled with the
 stream's seed, are tokenized, joined with end-of-sequence tokens and cut into chunks of
 ``chunk_len`` tokens. A chunk is an example with an empty prompt (the begin-of-sequence token
 alone) whose target is the whole chunk, so training is plain language modelling. Held-out
