@@ -377,7 +377,7 @@ def build_text2text_stream(
 def assemble_stream(
     name: str,
     tasks: list[TextTask],
-    coded: list[tuple[Coded, Coded, list[list[int]] | None]],
+    coded: Sequence[tuple[Coded, Coded, list[list[int]] | None]],
     *,
     tokenizer: str,
     max_new_tokens: int | None,
@@ -399,7 +399,9 @@ def assemble_stream(
             train = TensorData(x, y, torch.full((len(y),), i))
         else:
             train = TensorData(
-                _pack(tr_p, tr_t, lp, lt, tok.pad_id), _labels(tr_t, lt), torch.full((len(tr_t),), i)
+                _pack(tr_p, tr_t, lp, lt, tok.pad_id),
+                _labels(tr_t, lt),
+                torch.full((len(tr_t),), i),
             )
         gold = None
         if choices is not None:

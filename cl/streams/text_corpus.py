@@ -12,7 +12,9 @@ is always recorded.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -53,32 +55,45 @@ class TextCorpusConfig:
 
 
 def chunk_documents(
-    docs: list[str], order: torch.Tensor, *, encode: object, eos: int, length: int, n: int
+    docs: list[str],
+    order: torch.Tensor,
+    *,
+    encode: Callable[[str], list[int]],
+    eos: int,
+    length: int,
+    n: int,
 ) -> list[list[int]]:
     """Up to ``n`` chunks of ``length`` tokens of the documents in ``order``, joined by ``eos``."""
     ids: list[int] = []
     for i in order.tolist():
         if len(ids) >= length * n:
             break
-        ids += [*encode(docs[i]), eos]  # type: ignore[operator]
+        ids += [*encode(docs[i]), eos]
     return [ids[s : s + length] for s in range(0, len(ids) - length + 1, length)][:n]
 
 
-def _documents(spec: str) -> tuple[list[str], list[str]]:
+def _documents(spec: str, loaded: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Training and test documents of a domain (``loaded`` caches the corpora read)."""
     from cl.streams.text import parse_task
     from cl.streams.text_sources import load_source
 
     source, names = parse_task(spec)
-    tr_x, tr_y, te_x, te_y, classes = load_source(source)
+    if source not in loaded:
+        loaded[source] = load_source(source)
+    tr_x, tr_y, te_x, te_y, classes = loaded[source]
     keep = set(names or classes)
     unknown = sorted(keep - set(classes))
     if unknown:
         raise ConfigError(f"task {spec!r}: unknown classes {unknown}; {source} has {classes}")
 
-    def texts(xs: list[object], ys: list[str]) -> list[str]:
-        return [x if isinstance(x, str) else "\n".join(x) for x, y in zip(xs, ys) if y in keep]  # type: ignore[misc]
+    def texts(xs: Sequence[str | tuple[str, ...]], ys: Sequence[str]) -> list[str]:
+        return [
+            x if isinstance(x, str) else "\n".join(x)
+            for x, y in zip(xs, ys, strict=True)
+            if y in keep
+        ]
 
-    return texts(list(tr_x), list(tr_y)), texts(list(te_x), list(te_y))
+    return texts(tr_x, tr_y), texts(te_x, te_y)
 
 
 @register_stream("text_corpus", TextCorpusConfig)
@@ -88,9 +103,11 @@ def text_corpus(cfg: TextCorpusConfig) -> Stream:
     tok = make_tokenizer(cfg.tokenizer)
     gen = torch.Generator().manual_seed(cfg.seed)
     tasks, coded = [], []
+    loaded: dict[str, Any] = {}
     for spec in cfg.tasks:
         splits = []
-        for docs, n in zip(_documents(spec), (cfg.max_train_chunks, cfg.max_test_chunks)):
+        caps = (cfg.max_train_chunks, cfg.max_test_chunks)
+        for docs, n in zip(_documents(spec, loaded), caps, strict=True):
             order = torch.randperm(len(docs), generator=gen)
             chunks = chunk_documents(
                 docs, order, encode=tok.encode, eos=tok.eos_id, length=cfg.chunk_len, n=n
