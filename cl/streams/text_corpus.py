@@ -35,8 +35,8 @@ class TextCorpusConfig:
             documents of those classes), sources as in ``text2text_offline``.
         tokenizer: ``byte``, ``minilm`` or the model's tokenizer (path or hub name).
         chunk_len: Tokens per chunk (the target of one example).
-        max_train_chunks: Training chunks per experience.
-        max_test_chunks: Held-out chunks per experience.
+        max_train_per_experience: Training chunks per experience (``debug=fast`` caps it).
+        max_test_per_experience: Held-out chunks per experience.
         seed: Seed of the document order.
         task_labels: Task ids available at test time.
     """
@@ -45,13 +45,13 @@ class TextCorpusConfig:
     tasks: list[str] = field(default_factory=lambda: ["bbc", "tweets", "rotten_tomatoes"])
     tokenizer: str = "byte"
     chunk_len: int = 64
-    max_train_chunks: int = 256
-    max_test_chunks: int = 64
+    max_train_per_experience: int = 256
+    max_test_per_experience: int = 64
     seed: int = 0
     task_labels: bool = False
 
     def validate(self) -> None:
-        positive("stream", self, "chunk_len", "max_train_chunks", "max_test_chunks")
+        positive("stream", self, "chunk_len", "max_train_per_experience", "max_test_per_experience")
 
 
 def chunk_documents(
@@ -106,7 +106,7 @@ def text_corpus(cfg: TextCorpusConfig) -> Stream:
     loaded: dict[str, Any] = {}
     for spec in cfg.tasks:
         splits = []
-        caps = (cfg.max_train_chunks, cfg.max_test_chunks)
+        caps = (cfg.max_train_per_experience, cfg.max_test_per_experience)
         for docs, n in zip(_documents(spec, loaded), caps, strict=True):
             order = torch.randperm(len(docs), generator=gen)
             chunks = chunk_documents(
