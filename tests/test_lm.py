@@ -276,16 +276,23 @@ def test_packed_loss_equals_the_unpacked_loss(packed_and_plain):
     )
 
 
+MEMORIZE2 = ("stream=memorize", "stream.size=2")
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (("model=hf_seq2seq", "stream.packing=true"), "stream.packing=true needs a causal LM"),
-        (("model=hf_causal_lm", "train.logit_mask=seen"), "train.logit_mask=seen"),
+        ((*MEMORIZE2, "model=hf_seq2seq", "stream.packing=true"), "packing=true needs a causal"),
+        ((*MEMORIZE2, "model=hf_causal_lm", "train.logit_mask=seen"), "train.logit_mask=seen"),
+        (
+            ("stream=text2text_offline", "model=hf_causal_lm", "stream.max_new_tokens=4"),
+            "metric=rank generates nothing",
+        ),
     ],
 )
 def test_lm_options_that_cannot_apply_are_refused(extra, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)) as e:
-        build(compose([*QUIET, "stream=memorize", "stream.size=2", "strategy=naive", *extra]))
+        build(compose([*QUIET, "strategy=naive", *extra]))
     assert "\n" not in str(e.value)
 
 

@@ -600,6 +600,11 @@ class Text2TextConfig:
         positive("stream", self, "max_train_per_experience", "max_test_per_experience")
         one_of("stream", self, "metric", METRICS)
         one_of("stream", self, "chat_template", CHAT_TEMPLATES)
+        if self.max_new_tokens is not None and self.metric in ("rank", "token_accuracy"):
+            raise ConfigError(
+                f"stream.max_new_tokens applies to generation (metric exact_match or rouge_l); "
+                f"stream.metric={self.metric} generates nothing: leave it null"
+            )
         if self.max_prompt_len < 8:
             raise ConfigError(f"stream.max_prompt_len must be >= 8, got {self.max_prompt_len}")
 
