@@ -279,6 +279,9 @@ def build(cfg: DictConfig) -> Built:
     model = build_model(m_entry.builder, model_cfg, info, device)
     model = distributed.sync_batch_norm(model, dist_info, device)
 
+    from cl.streams.text2text import check_run
+
+    check_run(stream, model, train)  # options that mean nothing on text-to-text streams
     stream = stream.to(device)
     context = RunContext(
         device=device,

@@ -209,7 +209,9 @@ def shard_rows(n: int, info: DistInfo) -> slice:
 
 
 def shard_batch(batch: Any, info: DistInfo) -> tuple[Any, float]:
-    """This rank's shard of a global batch and its weight (its share of the batch's samples).
+    """This rank's shard of a global batch and its weight (its share of the batch's samples;
+    of its labelled tokens when labels are per token, as the loss of a language model averages
+    over tokens).
 
     A rank whose shard would be empty (a last batch smaller than the world size) gets the
     batch's first sample with weight 0, so it still runs the step and its collectives.
@@ -223,6 +225,9 @@ def shard_batch(batch: Any, info: DistInfo) -> tuple[Any, float]:
         rows, weight = slice(0, 1), 0.0
     else:
         weight = size / n
+        if batch.y.dim() > 1:  # token labels (language models): the loss is a token mean
+            total = int((batch.y != -100).sum())
+            weight = int((batch.y[rows] != -100).sum()) / total if total else weight
     t = None if batch.task_ids is None else batch.task_ids[rows]
     return type(batch)(batch.x[rows], batch.y[rows], t), weight
 

@@ -8,6 +8,11 @@
   the target tokens and then stop.
 - ``rouge_l``: ROUGE-L F1 (Lin, 2004) between the generated and the target text, over
   lower-cased word tokens, averaged over examples.
+- ``token_accuracy``: teacher-forced next-token accuracy over all target tokens (continual
+  pre-training streams, where the whole chunk is the target).
+
+The extra matrix ``perplexity`` (:func:`perplexity`, the streams' ``stream.perplexity``) is
+exp of the teacher-forced mean negative log-likelihood per target token of a task's test set.
 
 Generation goes through ``strategy.generate(ids, mask, ...)`` when a strategy defines it (a
 prompt or adapter strategy that changes the model's inputs), else through the model's
@@ -16,6 +21,7 @@ prompt or adapter strategy that changes the model's inputs), else through the mo
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +36,8 @@ def score(strategy: Any, data: TextTaskData, *, batch_size: int, task_aware: boo
     """The metric ``data.metric`` of ``strategy`` on the test split ``data``."""
     if data.metric == "rank":
         return rank_accuracy(strategy, data, batch_size=batch_size, task_aware=task_aware)
+    if data.metric == "token_accuracy":
+        return token_stats(strategy, data, batch_size=batch_size, task_aware=task_aware)[1]
     preds = generate(strategy, data, batch_size=batch_size, task_aware=task_aware)
     targets = [_until_eos(row[row != -100].tolist(), data.eos_id) for row in data.y]
     if data.metric == "exact_match":
@@ -76,6 +84,55 @@ def rank_accuracy(strategy: Any, data: TextTaskData, *, batch_size: int, task_aw
         ll = (ll * valid.repeat(b, 1)).sum(dim=1).view(b, k)
         correct += (ll.argmax(dim=1) == data.gold[s : s + per]).sum()
     return int(correct) / max(len(data), 1)
+
+
+@torch.inference_mode()
+def token_stats(
+    strategy: Any, data: TextTaskData, *, batch_size: int, task_aware: bool
+) -> tuple[float, float]:
+    """(mean negative log-likelihood, next-token accuracy) over every target token of
+    ``data``, teacher-forced (rows scored independently: batch-size invariant)."""
+    nll = torch.zeros((), dtype=torch.float64, device=data.x.device)
+    hits = torch.zeros((), dtype=torch.long, device=data.x.device)
+    count = 0
+    for s in range(0, len(data), batch_size):
+        x, y = data.x[s : s + batch_size], data.y[s : s + batch_size]
+        t = data.t[s : s + batch_size] if task_aware else None
+        with strategy.autocast(evaluation=True):
+            logits = strategy.predict(x, t)
+        logp = logits.float().log_softmax(dim=1)
+        valid = y != -100
+        ll = logp.gather(1, y.clamp(min=0)[:, None]).squeeze(1)
+        nll -= ll[valid].double().sum()
+        hits += (logits.argmax(dim=1) == y)[valid].sum()
+        count += int(valid.sum())
+    n = max(count, 1)
+    return float(nll) / n, int(hits) / n
+
+
+def perplexity(strategy: Any, data: TextTaskData, *, batch_size: int, task_aware: bool) -> float:
+    """exp(mean negative log-likelihood per target token) of ``strategy`` on ``data``."""
+    return math.exp(token_stats(strategy, data, batch_size=batch_size, task_aware=task_aware)[0])
+
+
+def extra_rows(strategy: Any, stream: Any, *, batch_size: int) -> dict[str, list[float]]:
+    """The stream's extra matrices' rows (``stream.extra["matrices"]``, e.g. perplexity) on
+    every experience, under the protocol of the primary matrix."""
+    names = list(stream.extra.get("matrices") or [])
+    if not names:
+        return {}
+    from cl.evaluate import protocol
+
+    aware = protocol(strategy, stream.scenario) == "task_aware"
+    strategy.model.eval()
+    fns = {"perplexity": perplexity}
+    return {
+        name: [
+            fns[name](strategy, e.test, batch_size=batch_size, task_aware=aware)
+            for e in stream.experiences
+        ]
+        for name in names
+    }
 
 
 @torch.inference_mode()

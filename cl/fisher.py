@@ -98,7 +98,7 @@ def estimate_fisher(
                 sl = slice(start, start + batch_size)
                 tids = None if b.task_ids is None else b.task_ids[sl]
                 logp = log_probs(model(b.x[sl], tids), classes)
-                loss = -logp.gather(1, y[sl, None]).mean()
+                loss = -_mean_log_likelihood(logp, y[sl])
                 grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
                 for n, g in zip(names, grads, strict=True):
                     if g is not None:
@@ -120,6 +120,16 @@ def estimate_fisher(
             vmap_fisher(model, names, b, labels, out, classes=classes)
     distributed.sum_tensors(out.values(), dist)
     return {n: f / len(data) for n, f in out.items()}
+
+
+def _mean_log_likelihood(logp: Tensor, y: Tensor) -> Tensor:
+    """Mean log-likelihood of the labels ``y`` under ``logp`` (``[B, C]``, or ``[B, V, L]``
+    with token labels ``[B, L]`` of a language model, where ``-100`` marks unlabelled tokens)."""
+    if y.dim() == 1:
+        return logp.gather(1, y[:, None]).mean()
+    valid = y != -100
+    ll = logp.gather(1, y.clamp(min=0)[:, None]).squeeze(1)
+    return (ll * valid).sum() / valid.sum().clamp(min=1)
 
 
 class LinearIO(NamedTuple):

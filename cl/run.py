@@ -34,6 +34,7 @@ from cl.config import (
 from cl.determinism import deterministic_mode
 from cl.errors import CLError, ConfigError, NonFiniteLossError
 from cl.evaluate import evaluate_row, primary, protocol
+from cl.evaluate_lm import extra_rows
 from cl.logging.base import RunRecord, Sink
 from cl.logging.console import ConsoleSink
 from cl.logging.files import FileSink
@@ -307,8 +308,10 @@ def _run_body(
                 agn, aware = evaluate_row(
                     strategy, stream, trained_upto=-1, batch_size=built.train.eval_batch_size
                 )
+                extra = extra_rows(strategy, stream, batch_size=built.train.eval_batch_size)
             record.baseline = primary(stream.scenario, agn, aware)
             record.baseline_task_aware = aware
+            record.add_rows(extra, baseline=True)
             record.budget.eval_seconds += t[0]
         for i in range(start, n_exp):
             _train_one(cfg, run_dir, record, built, i, out)
@@ -366,8 +369,10 @@ def _train_one(
         agn, aware = evaluate_row(
             strategy, stream, trained_upto=i, batch_size=built.train.eval_batch_size
         )
+        extra = extra_rows(strategy, stream, batch_size=built.train.eval_batch_size)
     row = primary(stream.scenario, agn, aware)
     record.acc_matrix.append(row)
+    record.add_rows(extra)
     if aware is not None:
         record.acc_matrix_task_aware = (record.acc_matrix_task_aware or []) + [aware]
     b = record.budget

@@ -10,6 +10,9 @@ from torch import Tensor
 from cl import metrics as M
 from cl.budget import Budget
 
+# Extra matrices where a lower value is better (the others: higher).
+LOWER_IS_BETTER = {"perplexity": "lower"}
+
 
 @dataclass
 class RunRecord:
@@ -37,6 +40,10 @@ class RunRecord:
     wandb_error: str | None = None
     world_size: int = 1
     backend: str | None = None
+    # Extra per-task matrices by name (e.g. ``perplexity`` of text-to-text streams): rows after
+    # each experience, like ``acc_matrix``, and the untrained model's row.
+    matrices: dict[str, list[list[float]]] = field(default_factory=dict)
+    matrix_baselines: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def n_done(self) -> int:
@@ -91,7 +98,24 @@ class RunRecord:
             "metrics_task_aware": self.metrics_task_aware(),
             "budget": self.budget.to_dict(),
             "per_experience": self.per_experience,
+            "matrices": {
+                name: {
+                    "evaluation": self.protocol,
+                    "better": LOWER_IS_BETTER.get(name, "higher"),
+                    "matrix": m,
+                    "baseline": self.matrix_baselines.get(name),
+                }
+                for name, m in self.matrices.items()
+            },
         }
+
+    def add_rows(self, rows: dict[str, list[float]], *, baseline: bool = False) -> None:
+        """Append a row to each named extra matrix (or set its untrained baseline)."""
+        for name, row in rows.items():
+            if baseline:
+                self.matrix_baselines[name] = row
+            else:
+                self.matrices.setdefault(name, []).append(row)
 
     def state(self) -> dict[str, Any]:
         """For checkpoints: everything needed to rebuild the record."""
@@ -132,6 +156,12 @@ class RunRecord:
             wandb_error=run.get("wandb_error"),
             world_size=run.get("world_size", 1),
             backend=run.get("backend"),
+            matrices={k: v["matrix"] for k, v in (d.get("matrices") or {}).items()},
+            matrix_baselines={
+                k: v["baseline"]
+                for k, v in (d.get("matrices") or {}).items()
+                if v.get("baseline") is not None
+            },
         )
 
 

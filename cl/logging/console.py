@@ -78,6 +78,12 @@ def format_summary(record: RunRecord) -> str:
         lines.append("      " + " ".join(f"{f'e{j}':>6}" for j in range(t)))
         for i, row in enumerate(record.acc_matrix):
             lines.append(f"{f'e{i}':>5} " + " ".join(f"{a:6.3f}" for a in row))
+    for name, matrix in record.matrices.items():  # extra matrices (perplexity, ...)
+        if matrix:
+            lines.append(f"{record.protocol} {name} matrix (row: after experience i)")
+            lines.append("      " + " ".join(f"{f'e{j}':>9}" for j in range(len(matrix[0]))))
+            for i, row in enumerate(matrix):
+                lines.append(f"{f'e{i}':>5} " + " ".join(f"{a:9.3f}" for a in row))
     m = record.metrics()
     lines.append(f"{'metric':<22}{'value':>10}")
     for k, v in m.items():

@@ -74,6 +74,7 @@ def metrics_csv(record: RunRecord) -> str:
         "bwt",
         "fwt",
     ] + [f"acc_exp{j}" for j in range(t)]
+    cols += [f"{name}_exp{j}" for name in record.matrices for j in range(t)]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -82,5 +83,8 @@ def metrics_csv(record: RunRecord) -> str:
         row.update(pe.get("metrics", {}))
         row["evaluation"] = record.protocol
         row.update({f"acc_exp{j}": a for j, a in enumerate(record.acc_matrix[i])})
+        for name, m in record.matrices.items():
+            if i < len(m):
+                row.update({f"{name}_exp{j}": v for j, v in enumerate(m[i])})
         w.writerow(row)
     return buf.getvalue()

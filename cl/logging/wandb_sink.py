@@ -50,7 +50,8 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_api_key() else "offline"
 
 
-def heatmap_figure(matrix: list[list[float]], title: str) -> Any:
+def heatmap_figure(matrix: list[list[float]], title: str, *, unit_range: bool = True) -> Any:
+    """The matrix as a heatmap; ``unit_range``: colours span [0, 1] (else the values' range)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +59,8 @@ def heatmap_figure(matrix: list[list[float]], title: str) -> Any:
 
     t_rows, t = len(matrix), len(matrix[0])
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * t, 0.8 + 0.6 * t_rows))
-    im = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    lo, hi = (0.0, 1.0) if unit_range else (min(map(min, matrix)), max(map(max, matrix)))
+    im = ax.imshow(matrix, vmin=lo, vmax=hi, cmap="viridis")
     for i in range(t_rows):
         for j in range(t):
             ax.text(
@@ -68,7 +70,7 @@ def heatmap_figure(matrix: list[list[float]], title: str) -> Any:
                 ha="center",
                 va="center",
                 fontsize=8,
-                color="white" if matrix[i][j] < 0.6 else "black",
+                color="white" if matrix[i][j] < lo + 0.6 * (hi - lo) else "black",
             )
     ax.set_xlabel("test experience j")
     ax.set_ylabel("after training on i")
@@ -183,6 +185,8 @@ class WandbSink(Sink):
                     for j, a in enumerate(record.acc_matrix_task_aware[i])
                 }
             )
+        for name, m in record.matrices.items():
+            data.update({f"eval/{name}_exp{j}": v for j, v in enumerate(m[i])})
         data.update({f"cl/{k}": v for k, v in pe["metrics"].items() if v is not None})
         data["train/final_loss"] = pe["final_loss"]
         data["train/step"] = self.global_step
@@ -223,6 +227,10 @@ class WandbSink(Sink):
                 self._log_matrix(
                     wandb, record.acc_matrix_task_aware, "acc_matrix_task_aware", record.n_done
                 )
+        for name, m in record.matrices.items():  # extra matrices (perplexity, ...)
+            if m:
+                self._log_matrix(wandb, m, name, len(m), unit_range=False)
+                self.run.summary.update({f"eval/final_{name}": m[-1]})
         summary: dict[str, Any] = {
             f"cl/{k}": v for k, v in record.metrics().items() if v is not None
         }
@@ -237,7 +245,15 @@ class WandbSink(Sink):
         summary["n_experiences_done"] = record.n_done
         self.run.summary.update(summary)
 
-    def _log_matrix(self, wandb: Any, matrix: list[list[float]], key: str, n_done: int) -> None:
+    def _log_matrix(
+        self,
+        wandb: Any,
+        matrix: list[list[float]],
+        key: str,
+        n_done: int,
+        *,
+        unit_range: bool = True,
+    ) -> None:
         import matplotlib.pyplot as plt
 
         t = len(matrix[0])
@@ -245,12 +261,12 @@ class WandbSink(Sink):
             columns=["after_experience"] + [f"exp{j}" for j in range(t)],
             data=[[i, *row] for i, row in enumerate(matrix)],
         )
-        fig = heatmap_figure(matrix, key.replace("_", " "))
+        fig = heatmap_figure(matrix, key.replace("_", " "), unit_range=unit_range)
         curves = wandb.plot.line_series(
             xs=list(range(n_done)),
             ys=[[matrix[i][j] for i in range(n_done)] for j in range(t)],
             keys=[f"exp{j}" for j in range(t)],
-            title=f"per-task accuracy ({key})",
+            title=f"per-task {key}" if not unit_range else f"per-task accuracy ({key})",
             xname="after experience",
         )
         self.run.log(

@@ -61,11 +61,14 @@ class LanguageModel(CLModel):
         raise NotImplementedError("a language model has no pooled features; use forward()")
 
     def forward(self, x: Tensor, task_ids: Tensor | None = None, *, hf: Any = None) -> Tensor:
-        """Logits ``[B, V, Lt]`` predicting each target token of the packed input ``x``.
+        """Logits ``[B, V, Lt]`` predicting each target token of the packed input ``x``
+        (``[B, V, L]``, one per position, for rows of several examples: ``x`` ``[B, 3, L]``).
 
         ``hf`` runs another Hugging Face module of the same architecture instead (e.g. a copy
         carrying peft adapters, as the ``adapters`` strategy's bank holds).
         """
+        if x.shape[1] == 3:
+            return self.forward_packed(x, hf=hf)
         hf = self.hf if hf is None else hf
         ids, code = x[:, 0], x[:, 1]
         lp = target_start(code)
@@ -90,6 +93,32 @@ class LanguageModel(CLModel):
             decoder_input_ids=dec_in,
             use_cache=False,
         )
+        return out.logits.transpose(1, 2)
+
+    def forward_packed(self, x: Tensor, *, hf: Any = None) -> Tensor:
+        """Logits ``[B, V, L]`` of rows holding several examples (``stream.packing``).
+
+        ``x[:, 2]`` numbers the examples of a row (0 on padding). A token attends only to
+        earlier tokens of its own example (a block-diagonal causal mask) and positions restart
+        at each example, so every example's logits are those it gets alone.
+        """
+        if self.kind != "causal":
+            raise ValueError("packed rows need a causal LM")
+        hf = self.hf if hf is None else hf
+        ids, seg = x[:, 0], x[:, 2]
+        n = ids.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        allowed = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0) & causal
+        allowed |= torch.eye(n, dtype=torch.bool, device=x.device)  # padding sees itself
+        dtype = hf.get_input_embeddings().weight.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=x.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+        # Position of a token within its example: its index minus the example's start.
+        idx = torch.arange(n, device=x.device).expand_as(seg)
+        new = torch.ones_like(seg, dtype=torch.bool)
+        new[:, 1:] = seg[:, 1:] != seg[:, :-1]
+        start = torch.where(new, idx, torch.zeros_like(idx)).cummax(dim=1).values
+        out = hf(input_ids=ids, attention_mask=mask, position_ids=idx - start, use_cache=False)
         return out.logits.transpose(1, 2)
 
     @torch.no_grad()

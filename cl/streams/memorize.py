@@ -38,6 +38,9 @@ class MemorizeConfig:
         task_labels: Task ids available at test time.
         max_train_per_experience: Cap on the pairs of an experience (``debug=fast``).
         max_test_per_experience: Cap on the pairs tested per experience (the first ones).
+        perplexity: Also record the held-out perplexity matrix (``matrices.perplexity``).
+        packing: Pack several training pairs per row of ``max_length`` tokens (causal LMs).
+        max_length: Tokens of a packed row.
     """
 
     name: str = "memorize"
@@ -51,9 +54,13 @@ class MemorizeConfig:
     task_labels: bool = False
     max_train_per_experience: int | None = None
     max_test_per_experience: int | None = None
+    perplexity: bool = False
+    packing: bool = False
+    max_length: int = 256
 
     def validate(self) -> None:
         positive("stream", self, "n_experiences", "size", "key_len", "value_len", "max_new_tokens")
+        positive("stream", self, "max_length")
         positive("stream", self, "max_train_per_experience", "max_test_per_experience")
 
 
@@ -93,4 +100,6 @@ def memorize(cfg: MemorizeConfig) -> Stream:
         max_target_len=cfg.value_len + 1,
         max_new_tokens=cfg.max_new_tokens,
         task_labels=cfg.task_labels,
+        perplexity=cfg.perplexity,
+        packing=cfg.max_length if cfg.packing else None,
     )

@@ -34,7 +34,7 @@ from cl.streams import register_stream
 from cl.streams.base import Experience, Stream, TensorData
 from cl.validation import one_of, positive
 
-METRICS = ("rank", "exact_match", "rouge_l")
+METRICS = ("rank", "exact_match", "rouge_l", "token_accuracy")
 IGNORE = -100
 
 
@@ -76,9 +76,16 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tok.decode(list(ids), skip_special_tokens=True))
 
-    def chat(self, prompt: str) -> str:
+    def chat(self, prompt: str, answer: str | None = None) -> str:
+        """The chat template's text of a user turn, with ``answer`` as the assistant's turn
+        (None: the prompt for the assistant's turn)."""
         msgs = [{"role": "user", "content": prompt}]
-        return str(self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": answer})
+        text = self.tok.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=answer is None
+        )
+        return str(text)
 
 
 def _first_id(*ids: int | None) -> int:
@@ -176,28 +183,61 @@ def format_prompt(instruction: str, text: str, choices: list[str] | None) -> tup
     return head, text, ("\nAnswer:" if instruction else "")
 
 
+CHAT_TEMPLATES = ("auto", "none")
+# The user turn the assistant's turn of a target is rendered after (chat templates).
+_CHAT_PLACEHOLDER = "?"
+
+
 @dataclass
 class Encoder:
-    """Tokenizes tasks to the packed layout with stream-wide widths."""
+    """Tokenizes tasks to the packed layout with stream-wide widths.
+
+    With ``chat_template="auto"`` and a tokenizer that has a chat template, the prompt
+    (instruction and input) is the user turn and the target the assistant's turn: the prompt
+    ids end with the template's cue for the assistant, the target ids are the rest of the
+    rendered conversation up to its end-of-sequence token (the loss stays on those).
+    """
 
     tok: Tokenizer
     max_prompt_len: int
     max_target_len: int
-    chat_template: bool = False
+    chat_template: str = "none"
+
+    @property
+    def chat(self) -> HFTokenizer | None:
+        """The tokenizer when prompts go through its chat template, else None."""
+        tok = self.tok
+        if self.chat_template == "auto" and tok.chat_template and isinstance(tok, HFTokenizer):
+            return tok
+        return None
 
     def prompt(self, task: TextTask, text: str) -> list[int]:
         head, body, tail = format_prompt(task.instruction, text, task.choices)
-        if self.chat_template and self.tok.chat_template and isinstance(self.tok, HFTokenizer):
-            ids = self.tok.encode(self.tok.chat(head + body + tail))
-            return ids[-self.max_prompt_len :]
         # Inputs longer than any prompt are cut before tokenizing (a token spans >= 1 char).
         body = body[: 8 * self.max_prompt_len]
+        chat = self.chat
+        if chat is not None:
+            return chat.encode(chat.chat(head + body + tail))[-self.max_prompt_len :]
         h, b, t = self.tok.encode(head), self.tok.encode(body), self.tok.encode(tail)
         room = max(self.max_prompt_len - 1 - len(h) - len(t), 0)
         return ([self.tok.bos_id, *h, *b[:room], *t])[-self.max_prompt_len :]
 
     def target(self, text: str) -> list[int]:
-        return [*self.tok.encode(text)[: self.max_target_len - 1], self.tok.eos_id]
+        eos = self.tok.eos_id
+        chat = self.chat
+        if chat is None:
+            ids = self.tok.encode(text)
+        else:
+            cue = chat.chat(_CHAT_PLACEHOLDER)
+            full = chat.chat(_CHAT_PLACEHOLDER, text)
+            if not full.startswith(cue):
+                raise ConfigError(
+                    "the tokenizer's chat template does not render the assistant's turn after "
+                    "its generation prompt; set stream.chat_template=none"
+                )
+            ids = chat.encode(full[len(cue) :])
+            ids = ids[: ids.index(eos)] if eos in ids else ids
+        return [*ids[: self.max_target_len - 1], eos]
 
 
 def _pack(prompts: list[list[int]], targets: list[list[int]], lp: int, lt: int, pad: int) -> Tensor:
@@ -218,9 +258,57 @@ def _labels(targets: list[list[int]], lt: int) -> Tensor:
     return y
 
 
+def pack_examples(
+    prompts: list[list[int]], targets: list[list[int]], width: int, pad: int
+) -> tuple[Tensor, Tensor]:
+    """Several examples per row (``stream.packing``): ``x [R, 3, width]``, ``y [R, width]``.
+
+    Examples (prompt then target, unpadded) fill rows of ``width`` tokens first-fit in order.
+    Row 2 of ``x`` numbers the examples of a row (1, 2, ...; 0 on padding): the model lets a
+    token attend only to earlier tokens of its own example and restarts positions at each
+    example, so every example is computed exactly as alone. ``y[r, p]`` is the label of the
+    logits at position ``p``, the next token when it is a target token of the same example
+    (``-100`` elsewhere), so the loss is the unpacked loss over the same target tokens.
+
+    Raises:
+        ConfigError: An example is longer than ``width`` (``stream.max_length``).
+    """
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    room: list[int] = []
+    for p, t in zip(prompts, targets, strict=True):
+        n = len(p) + len(t)
+        if n > width:
+            raise ConfigError(
+                f"stream.max_length={width} is shorter than an example ({n} tokens); raise it "
+                "or lower stream.max_prompt_len / stream.max_target_len"
+            )
+        r = next((i for i, free in enumerate(room) if free >= n), None)
+        if r is None:
+            rows.append([])
+            room.append(width)
+            r = len(rows) - 1
+        rows[r].append((p, t))
+        room[r] -= n
+    x = torch.zeros((len(rows), 3, width), dtype=torch.long)
+    x[:, 0] = pad
+    y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for r, examples in enumerate(rows):
+        at = 0
+        for k, (p, t) in enumerate(examples, start=1):
+            n = len(p) + len(t)
+            x[r, 0, at : at + n] = torch.tensor([*p, *t])
+            x[r, 1, at : at + len(p)] = 1
+            x[r, 1, at + len(p) : at + n] = 2
+            x[r, 2, at : at + n] = k
+            # Logits at the prompt's last token predict the first target token, and so on.
+            y[r, at + len(p) - 1 : at + n - 1] = torch.tensor(t)
+            at += n
+    return x, y
+
+
 def stream_from_config(cfg: Any, tasks: list[TextTask]) -> Stream:
     """:func:`build_text2text_stream` with a stream config's name, tokenizer, lengths,
-    ``chat_template`` and ``task_labels``."""
+    ``chat_template``, ``task_labels``, ``perplexity``, ``packing`` and ``max_length``."""
     return build_text2text_stream(
         cfg.name,
         tasks,
@@ -230,7 +318,12 @@ def stream_from_config(cfg: Any, tasks: list[TextTask]) -> Stream:
         max_new_tokens=cfg.max_new_tokens,
         chat_template=cfg.chat_template,
         task_labels=cfg.task_labels,
+        perplexity=cfg.perplexity,
+        packing=cfg.max_length if cfg.packing else None,
     )
+
+
+Coded = tuple[list[list[int]], list[list[int]]]  # prompts and targets of one split
 
 
 def build_text2text_stream(
@@ -241,37 +334,75 @@ def build_text2text_stream(
     max_prompt_len: int,
     max_target_len: int,
     max_new_tokens: int | None = None,
-    chat_template: bool = False,
+    chat_template: str = "none",
     task_labels: bool = False,
+    perplexity: bool = False,
+    packing: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Stream:
-    """A ``domain_il`` text2text stream of ``tasks`` (one experience each)."""
+    """A ``domain_il`` text2text stream of ``tasks`` (one experience each).
+
+    Args:
+        chat_template: ``auto`` (the tokenizer's chat template when it has one) or ``none``.
+        perplexity: Also record the held-out perplexity matrix (``matrices.perplexity``).
+        packing: Pack training examples into rows of this many tokens (None: one per row).
+    """
     if not tasks:
         raise ConfigError("stream.tasks is empty")
     tok = make_tokenizer(tokenizer)
     enc = Encoder(tok, max_prompt_len, max_target_len, chat_template)
-    coded = []
+    coded: list[tuple[Coded, Coded, list[list[int]] | None]] = []
     for task in tasks:
         if task.metric not in METRICS:
             raise ValueError(f"unknown metric {task.metric!r}; valid: {', '.join(METRICS)}")
-        splits = [
+        train, test = (
             ([enc.prompt(task, a) for a, _ in rows], [enc.target(b) for _, b in rows])
             for rows in (task.train, task.test)
-        ]
-        choices = None if task.choices is None else [enc.target(c) for c in task.choices]
-        coded.append((splits, choices))
-    all_p = [p for (s, _) in coded for split in s for p in split[0]]
-    all_t = [t for (s, c) in coded for split in s for t in split[1]] + [
-        t for (_, c) in coded for t in c or []
-    ]
-    lp, lt = max(map(len, all_p)), max(map(len, all_t))
-    exps = []
-    for i, (task, ((tr_p, tr_t), (te_p, te_t)), choices) in enumerate(
-        (t, s, c) for t, (s, c) in zip(tasks, coded, strict=True)
-    ):
-        train = TensorData(
-            _pack(tr_p, tr_t, lp, lt, tok.pad_id), _labels(tr_t, lt), torch.full((len(tr_t),), i)
         )
+        choices = None if task.choices is None else [enc.target(c) for c in task.choices]
+        coded.append((train, test, choices))
+    return assemble_stream(
+        name,
+        tasks,
+        coded,
+        tokenizer=tokenizer,
+        max_new_tokens=max_new_tokens,
+        task_labels=task_labels,
+        perplexity=perplexity,
+        packing=packing,
+        extra=extra,
+    )
+
+
+def assemble_stream(
+    name: str,
+    tasks: list[TextTask],
+    coded: Sequence[tuple[Coded, Coded, list[list[int]] | None]],
+    *,
+    tokenizer: str,
+    max_new_tokens: int | None,
+    task_labels: bool,
+    perplexity: bool,
+    packing: int | None,
+    extra: dict[str, Any] | None = None,
+) -> Stream:
+    """The stream of tokenized tasks: (train, test, choices) ids per task, at shared widths."""
+    tok = make_tokenizer(tokenizer)
+    lp = max(len(p) for tr, te, _ in coded for p in tr[0] + te[0])
+    lt = max(len(t) for tr, te, c in coded for t in tr[1] + te[1] + (c or []))
+    exps = []
+    for i, (task, ((tr_p, tr_t), (te_p, te_t), choices)) in enumerate(
+        zip(tasks, coded, strict=True)
+    ):
+        if packing is not None:
+            x, y = pack_examples(tr_p, tr_t, packing, tok.pad_id)
+            train = TensorData(x, y, torch.full((len(y),), i))
+        else:
+            train = TensorData(
+                _pack(tr_p, tr_t, lp, lt, tok.pad_id),
+                _labels(tr_t, lt),
+                torch.full((len(tr_t),), i),
+            )
         gold = None
         if choices is not None:
             assert task.choices is not None
@@ -301,8 +432,32 @@ def build_text2text_stream(
             "tokenizer": tokenizer,
             "tasks": [t.name for t in tasks],
             "task_metrics": [t.metric for t in tasks],
+            "matrices": ["perplexity"] if perplexity else [],
+            "packing": packing,
         },
     )
+
+
+def check_run(stream: Stream, model: Any, train: Any) -> None:
+    """Refuse settings that would be silent no-ops (or wrong) on a text-to-text stream.
+
+    Raises:
+        ConfigError: ``train.logit_mask`` is set (it masks class logits; these logits are over
+            the vocabulary and the stream has no classes), or ``stream.packing`` is on for a
+            model that cannot restrict attention to each packed example (seq2seq).
+    """
+    if stream.modality != "text2text":
+        return
+    if train.logit_mask != "none":
+        raise ConfigError(
+            f"train.logit_mask={train.logit_mask} masks class logits; stream {stream.name!r} is "
+            "text-to-text (logits over the vocabulary, no classes): leave it at none"
+        )
+    if stream.extra.get("packing") and getattr(model, "kind", None) != "causal":
+        raise ConfigError(
+            "stream.packing=true needs a causal LM (model=hf_causal_lm): a seq2seq model cannot "
+            "keep packed examples apart exactly; set stream.packing=false"
+        )
 
 
 # ------------------------------------------------- classification corpora
@@ -399,9 +554,11 @@ class Text2TextConfig:
             streams: ``bbc``, ``tweets``, ``rotten_tomatoes``, ``20ng``, ``reuters``, ...).
         tokenizer: ``byte`` (a byte-level tokenizer, for random models), ``minilm`` (the
             offline MiniLM tokenizer) or the model's tokenizer path / hub name.
-        chat_template: Wrap prompts in the tokenizer's chat template when it has one.
+        chat_template: ``auto``: the prompt is the user turn and the target the assistant's
+            turn of the tokenizer's chat template, when it has one; ``none``: plain text.
         metric: ``rank`` (score each verbalised label by likelihood), ``exact_match`` or
-            ``rouge_l`` (greedy generation).
+            ``rouge_l`` (greedy generation), or ``token_accuracy`` (teacher-forced next-token
+            accuracy on the target).
         max_prompt_len: Prompt tokens (the input is truncated; instruction and cue are kept).
         max_target_len: Target tokens, end-of-sequence included.
         max_new_tokens: Tokens generated per test example (null: the target width).
@@ -411,12 +568,18 @@ class Text2TextConfig:
         max_train_per_experience: Cap on an experience's training examples.
         max_test_per_experience: Cap on an experience's test examples.
         task_labels: Task ids available at test time.
+        perplexity: Also record each task's held-out perplexity after each experience (the
+            matrix ``matrices.perplexity`` of results.json).
+        packing: Pack several training examples per row of ``max_length`` tokens (causal
+            LMs; attention and positions restricted to each example, so the loss is the
+            unpacked one); ``train.batch_size`` then counts rows.
+        max_length: Tokens of a packed row.
     """
 
     name: str = "text2text_offline"
     tasks: list[str] = field(default_factory=lambda: ["bbc", "tweets", "rotten_tomatoes"])
     tokenizer: str = "byte"
-    chat_template: bool = False
+    chat_template: str = "auto"
     metric: str = "rank"
     max_prompt_len: int = 128
     max_target_len: int = 16
@@ -427,12 +590,21 @@ class Text2TextConfig:
     max_train_per_experience: int | None = None
     max_test_per_experience: int | None = None
     task_labels: bool = False
+    perplexity: bool = False
+    packing: bool = False
+    max_length: int = 512
 
     def validate(self) -> None:
         positive("stream", self, "max_prompt_len", "max_target_len", "max_new_tokens")
-        positive("stream", self, "k_shot", "max_test_per_class")
+        positive("stream", self, "k_shot", "max_test_per_class", "max_length")
         positive("stream", self, "max_train_per_experience", "max_test_per_experience")
         one_of("stream", self, "metric", METRICS)
+        one_of("stream", self, "chat_template", CHAT_TEMPLATES)
+        if self.max_new_tokens is not None and self.metric in ("rank", "token_accuracy"):
+            raise ConfigError(
+                f"stream.max_new_tokens applies to generation (metric exact_match or rouge_l); "
+                f"stream.metric={self.metric} generates nothing: leave it null"
+            )
         if self.max_prompt_len < 8:
             raise ConfigError(f"stream.max_prompt_len must be >= 8, got {self.max_prompt_len}")
 

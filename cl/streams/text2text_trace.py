@@ -19,8 +19,8 @@ import torch
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.streams import register_stream
 from cl.streams.base import Stream
-from cl.streams.text2text import TextTask, stream_from_config
-from cl.validation import positive
+from cl.streams.text2text import CHAT_TEMPLATES, TextTask, stream_from_config
+from cl.validation import one_of, positive
 
 TRACE_METRICS: dict[str, str] = {
     "C-STANCE": "exact_match",
@@ -47,7 +47,7 @@ class TraceConfig:
         data_root: Folder of the TRACE release (one subfolder per task).
         tasks: Tasks in training order (the paper's order by default).
         tokenizer: The model's tokenizer (path or hub name), or ``byte``.
-        chat_template: Wrap prompts in the tokenizer's chat template when it has one.
+        chat_template: ``auto`` (the tokenizer's chat template when it has one) or ``none``.
         max_prompt_len: Prompt tokens (longer prompts keep their end).
         max_target_len: Target tokens, end-of-sequence included.
         max_new_tokens: Tokens generated per test example (null: the target width).
@@ -55,13 +55,16 @@ class TraceConfig:
         max_test_per_experience: Test examples per task (null: all).
         seed: Seed of the subsampling.
         task_labels: Task ids available at test time.
+        perplexity: Also record the held-out perplexity matrix (``matrices.perplexity``).
+        packing: Pack several training examples per row of ``max_length`` tokens.
+        max_length: Tokens of a packed row.
     """
 
     name: str = "trace"
     data_root: str | None = None
     tasks: list[str] = field(default_factory=lambda: list(TRACE_METRICS))
     tokenizer: str = "byte"
-    chat_template: bool = False
+    chat_template: str = "auto"
     max_prompt_len: int = 512
     max_target_len: int = 128
     max_new_tokens: int | None = None
@@ -69,9 +72,14 @@ class TraceConfig:
     max_test_per_experience: int | None = None
     seed: int = 0
     task_labels: bool = False
+    perplexity: bool = False
+    packing: bool = False
+    max_length: int = 1024
 
     def validate(self) -> None:
         positive("stream", self, "max_prompt_len", "max_target_len", "max_new_tokens")
+        positive("stream", self, "max_length")
+        one_of("stream", self, "chat_template", CHAT_TEMPLATES)
         positive("stream", self, "max_train_per_experience", "max_test_per_experience")
         unknown = [t for t in self.tasks if t not in TRACE_METRICS]
         if unknown:
