@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from cl.distributed import summed_gradients
 from cl.errors import ConfigError
 from cl.lookahead import LOOKAHEAD_STEPS, optimizer_delta, sgd_delta
 from cl.models.hypernet import (
@@ -212,12 +213,15 @@ class Hypernet(Strategy[HypernetConfig]):
         # hypercl's order: backpropagate the task loss, preview the optimiser's step from
         # those gradients, regularise at theta + dtheta; the loop adds the regulariser's
         # gradients to the ones accumulated here (so the returned loss is detached).
+        # Distributed: a rank's gradients are its share of the global batch's, and the preview
+        # takes their sum over ranks (the one-process gradient); the loop sums the rest.
+        share = 1.0 if batch.share is None else batch.share
         with torch.autocast(self.device.type, enabled=False):
-            task_loss.backward()
+            (task_loss * share if share != 1.0 else task_loss).backward()
         names, params = zip(*self.hnet.named_parameters(), strict=True)
         assert self.optimizer is not None
         preview = optimizer_delta if self.config.lookahead_step == "optimizer" else sgd_delta
-        delta = preview(self.optimizer, params, [p.grad for p in params])
+        delta = preview(self.optimizer, params, summed_gradients(params, self.context.dist))
         theta = dict(self.hnet.named_buffers())
         for n, p, d in zip(names, params, delta, strict=True):
             theta[n] = p if d is None else p + d.detach()
