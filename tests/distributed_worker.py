@@ -149,9 +149,11 @@ def more_runs(root: Path, images: str, batch_size: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, overrides in extra_runs(images, batch_size).items():
+        t0 = time.perf_counter()
         rec = run_experiment(compose(overrides), root / f"run-{name}")
         losses = [p["final_loss"] for p in rec.per_experience]
-        out[name] = {"acc_matrix": rec.acc_matrix, "losses": losses}
+        seconds = time.perf_counter() - t0
+        out[name] = {"acc_matrix": rec.acc_matrix, "losses": losses, "seconds": seconds}
     return out
 
 

@@ -186,10 +186,21 @@ def test_killed_on_all_ranks_resumes_to_the_uninterrupted_matrix(worker):
     assert worker["runs"]["resume"]["acc_matrix"] == worker["runs"]["replay"]["acc_matrix"]
 
 
+def cl_run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """``python -m cl.run <args>`` with this checkout's code, outside any launcher."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        full.pop(var, None)
+    cmd = [sys.executable, "-m", "cl.run", *args]
+    return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
 @pytest.mark.slow
 def test_sigkilled_rank_stops_the_run_and_resume_completes_it(tmp_path):
-    """cl-run under torchrun: SIGKILL of rank 1 inside experience 1 ends the run non-zero
-    within 120 s; ``resume=`` completes it with the matrix of an uninterrupted run."""
+    """SIGKILL of rank 1 inside experience 1 (cl-run under torchrun) ends the run non-zero
+    within 120 s; ``resume=`` completes it with the matrix of an uninterrupted run. The
+    uninterrupted run and the resume start through ``cl-run dist.nproc_per_node=2`` (cl-run
+    starts torchrun itself): one run directory each, ``run.world_size`` 2."""
     args = [
         "-m",
         "cl.run",
@@ -199,7 +210,8 @@ def test_sigkilled_rank_stops_the_run_and_resume_completes_it(tmp_path):
         "train.epochs=1",
         *setup_overrides("replay")[3:],
     ]
-    ref = torchrun(*args, f"hydra.run.dir={tmp_path / 'ref'}")
+    launch = "dist.nproc_per_node=2"
+    ref = cl_run(*args[2:], launch, f"hydra.run.dir={tmp_path / 'ref'}", cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr[-3000:]
     t0 = time.monotonic()
     env = {"CL_KILL_AT_STEP": "1:2", "CL_KILL_RANK": "1"}
@@ -209,11 +221,12 @@ def test_sigkilled_rank_stops_the_run_and_resume_completes_it(tmp_path):
     assert str(-signal.SIGKILL) in dead.stderr or "SIGKILL" in dead.stderr
     partial = json.loads((tmp_path / "run" / "results.json").read_text())
     assert partial["run"]["status"] == "partial"
-    done = torchrun("-m", "cl.run", f"resume={tmp_path / 'run'}")
+    done = cl_run(f"resume={tmp_path / 'run'}", launch, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     a = json.loads((tmp_path / "ref" / "results.json").read_text())
     b = json.loads((tmp_path / "run" / "results.json").read_text())
     assert b["run"]["status"] == "complete" and b["run"]["world_size"] == 2
+    assert (a["run"]["world_size"], a["run"]["backend"]) == (2, "gloo")
     assert a["acc_matrix"] == b["acc_matrix"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run"]
 
@@ -271,26 +284,6 @@ def test_one_process_run_records_world_size_1_and_no_backend(references):
 
 
 # ------------------------------------------------------- cl-run dist.nproc_per_node=N (launcher)
-def test_cl_run_starts_its_own_processes_with_nproc_per_node(tmp_path, references):
-    """``cl-run dist.nproc_per_node=2`` re-runs itself under torchrun: one run directory, one
-    results.json with world size 2, the one-process matrix."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        env.pop(var, None)
-    args = [*setup_overrides("naive", f"train.batch_size={BATCH}"), "dist.nproc_per_node=2"]
-    cmd = [sys.executable, "-m", "cl.run", *args, f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert (res["run"]["world_size"], res["run"]["backend"], res["run"]["status"]) == (
-        2,
-        "gloo",
-        "complete",
-    )
-    assert res["acc_matrix"] == references["naive"].acc_matrix
-
-
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
