@@ -101,12 +101,12 @@ def requested_procs(argv: Sequence[str]) -> int:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     key = "dist.nproc_per_node"
-    try:
-        parsed = OverridesParser.create().parse_overrides(
-            [a for a in argv if not a.startswith("-")]
-        )
-    except Exception:  # malformed overrides: Hydra reports them
-        return 1
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in argv:
+        if key in arg:
+            with contextlib.suppress(Exception):  # malformed: Hydra reports it
+                parsed += parser.parse_overrides([arg])
     n = 1
     for o in parsed:
         if o.key_or_group.lstrip("+") == key and not o.is_delete():

@@ -58,7 +58,9 @@ def extra_runs(root: str, batch_size: int) -> dict[str, list[str]]:
     return {
         "simplecil": setup_overrides("simplecil", b),
         "ranpac": setup_overrides("ranpac", b),
-        "hypernet-lookahead": setup_overrides("hypernet", b, "strategy.lookahead=true"),
+        "hypernet-lookahead": setup_overrides(
+            "hypernet", b, "strategy.lookahead=true", "stream.n_experiences=2"
+        ),
         "naive-images": setup_overrides("naive", *image_folder_args(root), "train.epochs=2"),
         "simplecil-images": setup_overrides("simplecil", *image_folder_args(root)),
     }
