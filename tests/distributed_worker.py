@@ -174,6 +174,18 @@ def loaded_batches(world: int, images: str) -> list[Any]:
     return gathered(mine, world)
 
 
+def fsdp_refusal() -> str:
+    """SimpleCIL's float64 features with ``train.distributed=fsdp``: refused in one line."""
+    from cl.config import build
+    from cl.testing import compose, setup_overrides
+
+    try:
+        build(compose(setup_overrides("simplecil", *FSDP_ARGS)))
+    except ConfigError as e:
+        return str(e)
+    return "built"
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1])
     batch_size = int(sys.argv[2])
@@ -185,6 +197,7 @@ def main() -> None:
         "runs": runs(world, out_dir, batch_size),
         "more": more_runs(out_dir, images, batch_size),
         "loaded": loaded_batches(world, images),
+        "fsdp_refusal": fsdp_refusal(),
     }
     if info.is_main:
         (out_dir / "results.json").write_text(json.dumps(result))

@@ -178,6 +178,12 @@ def test_each_rank_loads_only_its_shard_of_a_dataset_stream(worker, images):
             assert share == len(ys) / len(b.y)
 
 
+def test_fsdp_with_float64_closed_form_features_is_a_one_line_refusal(worker):
+    msg = worker["fsdp_refusal"]
+    assert "train.distributed=fsdp needs strategy.feature_dtype=float32" in msg, msg
+    assert "\n" not in msg
+
+
 def test_fsdp_sharded_frozen_blocks_give_the_same_matrix(worker, references):
     assert worker["runs"]["fsdp"]["acc_matrix"] == references["l2p"].acc_matrix
 
