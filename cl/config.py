@@ -105,6 +105,8 @@ class RunConfig:
             task-agnostic ones). Without it such a run is refused.
         plugins: Modules to import before the config is composed (they register strategies,
             streams and models; see :mod:`cl.plugins`).
+        dist: Starting the processes of a distributed run (``dist.nproc_per_node``; see
+            :class:`cl.distributed.LaunchConfig`).
     """
 
     stream: Any = MISSING
@@ -120,6 +122,7 @@ class RunConfig:
     name: str | None = None
     allow_task_oracle: bool = False
     plugins: list[str] = field(default_factory=list)
+    dist: distributed.LaunchConfig = field(default_factory=distributed.LaunchConfig)
 
 
 def _run_dir(resume: str | None, default: str) -> str:

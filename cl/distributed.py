@@ -20,6 +20,10 @@ Data parallelism, exact to one process with the same global batch:
 * evaluation is sharded: each rank scores a slice of every test set, the counts are summed;
 * only rank 0 writes (results.json, metrics.csv, checkpoints, console, W&B).
 
+``cl-run dist.nproc_per_node=N ...`` starts the N processes itself: it runs
+``python -m torch.distributed.run --standalone --nproc_per_node=N -m cl.run ...`` with the same
+command line (see :func:`launch`).
+
 Collectives have a timeout (``CL_DIST_TIMEOUT`` seconds, default 90): a rank that dies makes
 the others fail within it instead of hanging (``torchrun`` also stops them at once).
 """
@@ -71,6 +75,76 @@ class DistInfo:
 
 
 SINGLE = DistInfo()
+
+
+@dataclass
+class LaunchConfig:
+    """``dist.`` on the ``cl-run`` command line.
+
+    Attributes:
+        nproc_per_node: More than 1: ``cl-run`` starts this many processes on this node under
+            ``torchrun --standalone`` (one per GPU, or CPU processes with ``device=cpu``) and
+            waits for them. Read from the command line; under an existing launcher it must
+            equal the launcher's processes per node. Several nodes: start ``torchrun`` itself.
+    """
+
+    nproc_per_node: int = 1
+
+
+def requested_procs(argv: Sequence[str]) -> int:
+    """``dist.nproc_per_node`` of a ``cl-run`` command line (1 when absent).
+
+    Raises:
+        ConfigError: Not a positive integer, with a sweep (``-m``), or different from the
+            launcher's processes per node.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key = "dist.nproc_per_node"
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in argv:
+        if key in arg:
+            with contextlib.suppress(Exception):  # malformed: Hydra reports it
+                parsed += parser.parse_overrides([arg])
+    n = 1
+    for o in parsed:
+        if o.key_or_group.lstrip("+") == key and not o.is_delete():
+            value = o.value()
+            if o.is_sweep_override() or isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key} must be one positive integer, got {value!r}")
+            n = value
+    if n < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {n}")
+    if n > 1 and any(a in ("-m", "--multirun") or a.startswith("--multirun") for a in argv):
+        raise ConfigError(
+            f"{key} starts the processes of one run; sweep with one process per job, or "
+            "with hydra/launcher=submitit_slurm and hydra.launcher.tasks_per_node"
+        )
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    if n > 1 and local is not None and local != str(n):
+        raise ConfigError(
+            f"{key}={n} but the launcher started {local} processes on this node; "
+            f"drop {key} when starting cl-run with torchrun"
+        )
+    return n
+
+
+def launch(argv: Sequence[str], nproc: int) -> int:
+    """Run ``cl-run argv`` as ``nproc`` processes under ``torchrun --standalone``; its exit code.
+
+    Every process gets the same command line (and rank 0's run directory, see
+    :mod:`cl.run`); the parent only waits.
+    """
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "cl.run", *argv]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:  # the children got the signal too and stop on their own
+        return 130
 
 
 def _env_int(name: str, default: int | None = None) -> int:
@@ -214,8 +288,12 @@ def shard_batch(batch: Any, info: DistInfo) -> tuple[Any, float]:
     over tokens).
 
     A rank whose shard would be empty (a last batch smaller than the world size) gets the
-    batch's first sample with weight 0, so it still runs the step and its collectives.
+    batch's first sample with weight 0, so it still runs the step and its collectives. A batch
+    that already is the rank's shard (``share`` set: loaded so by a Dataset stream) is kept.
+    The returned batch carries its weight as ``share``.
     """
+    if batch.share is not None:
+        return batch, batch.share
     n = len(batch.y)
     if not info.enabled:
         return batch, 1.0
@@ -229,7 +307,7 @@ def shard_batch(batch: Any, info: DistInfo) -> tuple[Any, float]:
             total = int((batch.y != -100).sum())
             weight = int((batch.y[rows] != -100).sum()) / total if total else weight
     t = None if batch.task_ids is None else batch.task_ids[rows]
-    return type(batch)(batch.x[rows], batch.y[rows], t), weight
+    return type(batch)(batch.x[rows], batch.y[rows], t, weight), weight
 
 
 def reduce_gradients(params: Sequence[nn.Parameter], weighted_loss: Tensor) -> Tensor:
@@ -260,6 +338,34 @@ def reduce_gradients(params: Sequence[nn.Parameter], weighted_loss: Tensor) -> T
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
     return flat[0]
+
+
+def summed_gradients(params: Sequence[nn.Parameter], info: DistInfo) -> list[Tensor | None]:
+    """The gradients of ``params`` summed over ranks, as new tensors (each ``.grad`` stays the
+    rank's own); None where no rank has one. Alone: the ``.grad`` tensors themselves.
+
+    For a step previewed before the loop reduces the gradients (a look-ahead regulariser).
+    """
+    if not info.enabled:
+        return [p.grad for p in params]
+    import torch.distributed as dist
+
+    device = params[0].device if params else torch.device("cpu")
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has)
+    live = [(i, p) for i, (p, h) in enumerate(zip(params, has.tolist(), strict=True)) if h]
+    out: list[Tensor | None] = [None] * len(params)
+    if not live:  # the same on every rank (the mask is reduced)
+        return out
+    flat = torch.cat(
+        [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for _, p in live]
+    )
+    dist.all_reduce(flat)
+    offset = 0
+    for i, p in live:
+        out[i] = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
 
 
 def reduce_shard_state(strategy: Any, info: DistInfo) -> None:

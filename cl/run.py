@@ -494,16 +494,21 @@ def cli(argv: list[str] | None = None) -> int:
     from cl.preflight import preflight
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    given = list(argv)
     info = distributed.SINGLE
+    nproc = 1
     try:
         info = distributed.init_from_env()
         error: CLError | None = None
         try:
             argv = prepare_overrides(argv)  # plugins first: their schemas and conf/ folders
             preflight(argv)
+            nproc = distributed.requested_procs(argv)
         except CLError as e:
             error = e
         distributed.agree(error, info)  # a problem of one rank stops all; rank 0 says it
+        if nproc > 1 and not info.enabled:  # dist.nproc_per_node=N: start N processes
+            return distributed.launch(given, nproc)
         argv = _distributed_argv(argv, info)
     except CLError as e:
         if info.is_main:  # every rank found the same problem: rank 0 says it

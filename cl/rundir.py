@@ -23,7 +23,7 @@ LOCK_NAME = ".cl-run.lock"
 HYDRA_SUBDIR = ".hydra"
 
 # Settings a resumed run may change: they do not alter what is trained or how it is measured.
-SAFE_ON_RESUME = ("device", "logger", "train.eval_batch_size", "checkpoint.keep_all")
+SAFE_ON_RESUME = ("device", "logger", "train.eval_batch_size", "checkpoint.keep_all", "dist")
 
 
 class RunDirError(CLError):

@@ -192,11 +192,17 @@ class RunContext:
 
 @dataclass
 class Batch:
-    """A training minibatch; ``task_ids`` is None when the stream has no task ids."""
+    """A training minibatch; ``task_ids`` is None when the stream has no task ids.
+
+    ``share`` is None for a whole (global) batch; in a distributed run, a rank's shard of a
+    global batch carries its share of the batch's samples (0 for the placeholder sample of a
+    rank whose shard is empty; see :func:`cl.distributed.shard_batch`).
+    """
 
     x: Tensor
     y: Tensor
     task_ids: Tensor | None
+    share: float | None = None
 
 
 @dataclass
@@ -237,6 +243,11 @@ class Strategy(ABC, Generic[C]):
     # Loop options (``train.<name>``) a strategy with its own training loop deals with itself;
     # the others must stay at their defaults (see ``_refuse_loop_options``).
     own_loop_options: ClassVar[tuple[str, ...]] = ()
+    # A strategy with its own training loop that handles a distributed run itself (shards its
+    # work, reduces its statistics); the other own-loop strategies are refused under torchrun,
+    # with ``distributed_note`` (why, what to do) in the message where set.
+    own_loop_distributed: ClassVar[bool] = False
+    distributed_note: ClassVar[str] = ""
 
     def __init__(self, *, config: C, model: nn.Module, context: RunContext) -> None:
         self.config = config
@@ -257,10 +268,10 @@ class Strategy(ABC, Generic[C]):
                     f"strategy {self.name!r} runs its own training loop and does not apply "
                     f"stream.augment={pipe.augment}"
                 )
-            if context.dist.enabled:
+            if context.dist.enabled and not self.own_loop_distributed:
                 raise ConfigError(
                     f"strategy {self.name!r} runs its own training loop and cannot run "
-                    "distributed; start it as one process"
+                    f"distributed{self.distributed_note}; start it as one process"
                 )
 
     # ----------------------------------------------------------------- checks
@@ -420,19 +431,38 @@ class Strategy(ABC, Generic[C]):
                 idx = order[start : start + bs]
                 yield Batch(data.x[idx], data.y[idx], data.t[idx] if with_t else None)
         else:
-            loader = torch.utils.data.DataLoader(
-                data,
-                batch_size=bs,
-                shuffle=shuffle,
-                generator=self.generator(exp_index, epoch),
-                pin_memory=self.device.type == "cuda",
+            yield from self._load(
+                data, bs=bs, shuffle=shuffle, gen=self.generator(exp_index, epoch)
             )
-            for x, y, t in loader:
-                yield Batch(
-                    x.to(self.device, non_blocking=True),
-                    y.to(self.device, non_blocking=True),
-                    t.to(self.device, non_blocking=True) if with_t else None,
-                )
+
+    def _load(self, data: Any, *, bs: int, shuffle: bool, gen: torch.Generator) -> Iterator[Batch]:
+        """Minibatches of a Dataset in the order of the tensor path (one permutation from
+        ``gen``). In a distributed run each rank loads only its strided share of every global
+        batch (a :class:`Batch` with ``share`` set), unless the stream augments training
+        batches: augmentation draws for the whole global batch, so every rank loads it."""
+        n = len(data)
+        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+        batches = [order[s : s + bs] for s in range(0, n, bs)]
+        dist, pipe = self.context.dist, self.context.stream.pipeline
+        shares: list[float | None] = [None] * len(batches)
+        if dist.enabled and (pipe is None or pipe.augment == "none"):
+            for k, b in enumerate(batches):
+                own = b[distributed.shard_rows(len(b), dist)]
+                shares[k] = len(own) / len(b)
+                batches[k] = own if len(own) else b[:1]  # placeholder: weight 0, see shard_batch
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_sampler=[b.tolist() for b in batches],
+            pin_memory=self.device.type == "cuda",
+        )
+        with_t = self.context.stream.has_task_ids
+        for (x, y, t), share in zip(loader, shares, strict=True):
+            yield Batch(
+                x.to(self.device, non_blocking=True),
+                y.to(self.device, non_blocking=True),
+                t.to(self.device, non_blocking=True) if with_t else None,
+                share,
+            )
 
     def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         tc = self.context.train

@@ -82,6 +82,14 @@ class AvalancheBridge(Strategy[AvalancheBridgeConfig]):
 
     config_cls = AvalancheBridgeConfig
     own_loop_options = ("reset_optimizer",)
+    # Avalanche 0.6's DistributedHelper wraps the model in DDP and loads shards through a
+    # DistributedSampler (per-rank batches of train_mb_size, padded shards: not our global
+    # batch), and most of its plugins (EWC, LwF, SI, ...) keep per-rank state it does not
+    # reduce (it warns "not compatible with distributed training"): refused under torchrun.
+    distributed_note = (
+        " (Avalanche 0.6 trains distributed only with a few plugins, on its own samplers, and "
+        "does not keep its strategies' state identical across ranks)"
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from cl.distributed import summed_gradients
 from cl.errors import ConfigError
 from cl.lookahead import LOOKAHEAD_STEPS, optimizer_delta, sgd_delta
 from cl.models.hypernet import (
@@ -210,15 +211,16 @@ class Hypernet(Strategy[HypernetConfig]):
         task_loss = super().loss(logits, batch)
         if not self.config.lookahead or self._step is None:
             return task_loss
-        # hypercl's order: backpropagate the task loss, preview the optimiser's step from
-        # those gradients, regularise at theta + dtheta; the loop adds the regulariser's
-        # gradients to the ones accumulated here (so the returned loss is detached).
+        # hypercl's order: backpropagate the task loss, preview the optimiser's step from those
+        # gradients (summed over ranks: each holds its share), regularise at theta + dtheta; the
+        # loop adds the regulariser's gradients (so the returned loss is detached).
+        share = 1.0 if batch.share is None else batch.share
         with torch.autocast(self.device.type, enabled=False):
-            task_loss.backward()
+            (task_loss * share if share != 1.0 else task_loss).backward()
         names, params = zip(*self.hnet.named_parameters(), strict=True)
         assert self.optimizer is not None
         preview = optimizer_delta if self.config.lookahead_step == "optimizer" else sgd_delta
-        grads = [p.grad for p in params]
+        grads = summed_gradients(params, self.context.dist)
         ahead = preview(self.optimizer, params, grads, scratch=self.hnet.workspace, add_param=True)
         at = {n: a for n, a in zip(names, ahead, strict=True) if a is not None}
         self._step.pred = self.hnet(self._step.emb, at)  # at theta + dtheta, dtheta detached

@@ -77,6 +77,7 @@ class RanPAC(FrozenFeatureStrategy[RanPACConfig]):
 
     config_cls = RanPACConfig
     test_setup = (*TINY_VIT_SETUP, "strategy.projection_dim=64")
+    shard_reduced = ("gram", "q")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -54,6 +54,7 @@ class SimpleCIL(FrozenFeatureStrategy[SimpleCILConfig]):
 
     config_cls = SimpleCILConfig
     test_setup = TINY_VIT_SETUP
+    shard_reduced = ("sums", "counts")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
