@@ -14,8 +14,10 @@ the chosen encoder (default: the offline MiniLM, frozen); the inputs are random 
 cost does not depend on the text. ``--encoder tiny`` swaps in a small random BERT for a quick
 run; ``--encoder tiny_t5`` runs the papers' setting on a small random T5 (prompts in front of
 the encoder input, loss on target tokens, no head; ``--t5-width`` sets its width) and reports
-Q-tuning's step time at task ``2C`` against task ``C``. Q-tuning's memory-retention regulariser starts with the first eviction (task index ``C``,
-0-based), adding one prefix-only pass per step: the steady state is measured from there.
+Q-tuning's step time at task ``2C`` against task ``C``. Q-tuning's memory-retention
+regulariser starts with the first eviction (task index ``C``, 0-based), adding one prefix-only
+pass per step (and, on a language model, one pass without gradient for the Q-prompt's
+read-out): the steady state is measured from there.
 
 Usage: ``python benchmarks/qtuning_cost.py --tasks 24 --capacity 4`` or
 ``python benchmarks/qtuning_cost.py --encoder tiny_t5 --tasks 9 --capacity 4``

