@@ -12,10 +12,15 @@ disturb far less than wall time.
 What it measures: wall time on this machine's device of the strategies' real code paths over
 the chosen encoder (default: the offline MiniLM, frozen); the inputs are random token ids, since
 cost does not depend on the text. ``--encoder tiny`` swaps in a small random BERT for a quick
-run. Q-tuning's memory-retention regulariser starts with the first eviction (task index ``C``,
-0-based), adding one prefix-only pass per step: the steady state is measured from there.
+run; ``--encoder tiny_t5`` runs the papers' setting on a small random T5 (prompts in front of
+the encoder input, loss on target tokens, no head; ``--t5-width`` sets its width) and reports
+Q-tuning's step time at task ``2C`` against task ``C``. Q-tuning's memory-retention
+regulariser starts with the first eviction (task index ``C``, 0-based), adding one prefix-only
+pass per step (and, on a language model, one pass without gradient for the Q-prompt's
+read-out): the steady state is measured from there.
 
-Usage: ``python benchmarks/qtuning_cost.py --tasks 24 --capacity 4``
+Usage: ``python benchmarks/qtuning_cost.py --tasks 24 --capacity 4`` or
+``python benchmarks/qtuning_cost.py --encoder tiny_t5 --tasks 9 --capacity 4``
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 
 from cl.models import CLModel, ModelConfig, make_head
 from cl.models.hf import HFEncoder, default_text_model_path, load_hf_encoder
+from cl.models.lm import LanguageModel, Seq2SeqConfig, random_hf_config
 from cl.strategies.progprompt import ProgPrompt, ProgPromptConfig
 from cl.strategies.qtuning import QTuning, QTuningConfig
 from cl.strategy import RunContext, TrainConfig
@@ -62,6 +68,29 @@ def synthetic_task(t: int, n: int, max_len: int, classes: list[int]) -> TensorDa
     return TensorData(x, y, torch.full((n,), t))
 
 
+VOCAB = 259  # the byte-level tokenizer's
+
+
+def tiny_t5(width: int) -> LanguageModel:
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(hidden_size=width, intermediate_size=2 * width)
+    hf = AutoModelForSeq2SeqLM.from_config(random_hf_config(cfg, "seq2seq", VOCAB))
+    return LanguageModel(hf, kind="seq2seq")
+
+
+def synthetic_text2text(t: int, n: int, max_len: int, target_len: int = 4) -> TensorData:
+    """Packed text-to-text rows (prompt ids, then target ids) of random byte tokens."""
+    g = torch.Generator().manual_seed(t)
+    ids = torch.randint(3, VOCAB, (n, max_len + target_len), generator=g)
+    code = torch.ones_like(ids)
+    code[:, max_len:] = 2
+    return TensorData(
+        torch.stack([ids, code], dim=1), ids[:, max_len:].clone(), torch.full((n,), t)
+    )
+
+
 def timed(fn, repeats: int) -> float:
     out = []
     for _ in range(repeats):
@@ -73,12 +102,17 @@ def timed(fn, repeats: int) -> float:
 
 def measure(name: str, args: argparse.Namespace) -> list[tuple[int, float, float, int]]:
     n_tasks, bs = args.tasks, args.batch_size
-    task_classes = [[2 * t, 2 * t + 1] for t in range(n_tasks)]
-    info = StreamInfo.of("synthetic", task_classes, scenario="task_il", modality="text")
-    backbone = HFEncoder(encoder(args.encoder), pooling="mean", freeze=True)
-    model = CLModel(
-        backbone, make_head(ModelConfig(), backbone.embed_dim, info), backbone.embed_dim
-    )
+    lm = args.encoder == "tiny_t5"
+    task_classes = [[VOCAB - 1] if lm else [2 * t, 2 * t + 1] for t in range(n_tasks)]
+    modality = "text2text" if lm else "text"
+    info = StreamInfo.of("synthetic", task_classes, scenario="task_il", modality=modality)
+    model: torch.nn.Module
+    if lm:
+        model = tiny_t5(args.t5_width)
+    else:
+        backbone = HFEncoder(encoder(args.encoder), pooling="mean", freeze=True)
+        head = make_head(ModelConfig(), backbone.embed_dim, info)
+        model = CLModel(backbone, head, backbone.embed_dim)
     train = TrainConfig(epochs=1, batch_size=bs, lr=0.01, optimizer="adam")
     ctx = RunContext(device=torch.device("cpu"), seed=0, stream=info, train=train)
     if name == "qtuning":
@@ -88,7 +122,11 @@ def measure(name: str, args: argparse.Namespace) -> list[tuple[int, float, float
         strat = ProgPrompt(config=ProgPromptConfig(), model=model, context=ctx)
     rows = []
     for t in range(n_tasks):
-        data = synthetic_task(t, bs * args.steps, args.max_len, task_classes[t])
+        n = bs * args.steps
+        if lm:
+            data = synthetic_text2text(t, n, args.max_len)
+        else:
+            data = synthetic_task(t, n, args.max_len, task_classes[t])
         exp = Experience(index=t, task_id=t, classes=task_classes[t], train=data, test=data)
         # One "epoch" of `steps` minibatches, timed per step (the first, warm-up, excluded).
         step_times: list[float] = []
@@ -118,7 +156,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", type=int, default=24)
     p.add_argument("--capacity", type=int, default=4)
-    p.add_argument("--encoder", choices=("minilm", "tiny"), default="minilm")
+    p.add_argument("--encoder", choices=("minilm", "tiny", "tiny_t5"), default="minilm")
+    p.add_argument("--t5-width", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=6)
@@ -131,6 +170,11 @@ def main() -> None:
         rows = measure(name, args)
         tr = {t: s for t, s, _, _ in rows}
         inf = {t: i for t, _, i, _ in rows}
+        if 2 * c < args.tasks:
+            print(
+                f"{name}: task {2 * c} / task {c} (0-based; 2C vs C): train step "
+                f"x{tr[2 * c] / tr[c]:.2f}, inference x{inf[2 * c] / inf[c]:.2f}"
+            )
         print(
             f"{name}: task {last} / task {c} (0-based, steady state from the first eviction): "
             f"train step x{tr[last] / tr[c]:.2f}, inference x{inf[last] / inf[c]:.2f}; "

@@ -8,6 +8,10 @@ is evaluated with the prompts up to its own (task ids at test time, as in the pa
 code), so with a frozen backbone and per-task label spaces old tasks' predictions never change.
 The price is an input that grows by ``prompt_length`` tokens per task: the cost that Q-tuning
 bounds with its queue (see ``benchmarks/qtuning_cost.py``).
+
+On a language model (the paper's T5 setting; decoders too) the prompts go in front of the
+frozen LM's input embeddings and the loss is on the target tokens (no head): an old task's
+generations and label likelihoods are exactly those it had when its training ended.
 """
 
 from __future__ import annotations

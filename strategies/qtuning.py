@@ -59,6 +59,11 @@ most of the smallest one, whichever task it belongs to (its scale means little t
 the embedding LayerNorm divides it out). Two seeds in five lost most of an old task that way
 (seed 2: 0.675 -> 0.525, forgetting 0.071; seed 4: 0.108); ``mr_always`` did not prevent it
 (seed 2: forgetting 0.129). Compare methods over seeds: one seed moves accuracy by up to 0.1.
+
+On a language model (T5 or a decoder, the paper's setting) the same queue, aggregation,
+eviction and prefix go in front of the frozen LM's input embeddings; the regulariser's
+read-outs are the mean encoder (or decoder) outputs over the prompted input
+(:func:`cl.models.lm_prompting.prompted_features`), ``z_q`` from one extra pass without gradient.
 """
 
 from __future__ import annotations
@@ -194,9 +199,13 @@ class QTuning(PromptStrategy[QTuningConfig]):
         on = c.mr_always or bool(self.queue.dropped)
         if c.mr_lambda == 0 or c.prefix_length == 0 or not on or len(batch.y) < 2:
             return None
-        assert self._feat is not None
         z_p = self.features(batch.x, self.prefix)
-        loss, mi = info_nce(z_p, self._feat.detach(), c.mr_tau)
+        if self._feat is not None:
+            z_q = self._feat.detach()
+        else:  # a language model's forward gives logits: one more pass for the read-out
+            with torch.no_grad():
+                z_q = self.features(batch.x, self.prompts_for(self.task, training=True))
+        loss, mi = info_nce(z_p, z_q, c.mr_tau)
         self.last_mi = float(mi)
         return c.mr_lambda * loss
 

@@ -23,6 +23,8 @@ from cl.testing import (
 LM_STRATEGIES = [n for n in list_strategies() if "text2text" in get_strategy(n).modalities]
 # Strategy settings the LM setup needs (EWC's per-sample Fishers do not apply to LMs).
 EXTRA = {"ewc": ("strategy.estimator=batched",)}
+# Strategies that read task ids at test time run with them (results labelled task_aware).
+TASK_IDS = ("stream.task_labels=true", "allow_task_oracle=true")
 
 
 def test_the_baselines_support_language_models():
@@ -31,7 +33,8 @@ def test_the_baselines_support_language_models():
 
 @pytest.mark.parametrize("name", LM_STRATEGIES)
 def test_lm_contracts(name, tmp_path):
-    cfg = compose(lm_setup_overrides(name, *EXTRA.get(name, ())))
+    ids = TASK_IDS if get_strategy(name).needs_task_id_at_test else ()
+    cfg = compose(lm_setup_overrides(name, *EXTRA.get(name, ()), *ids))
     check_trains(cfg)
     check_state_round_trip(cfg)
     ref = run_uninterrupted(cfg, tmp_path / "ref")

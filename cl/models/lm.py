@@ -60,24 +60,35 @@ class LanguageModel(CLModel):
     def features(self, x: Tensor) -> Tensor:
         raise NotImplementedError("a language model has no pooled features; use forward()")
 
-    def forward(self, x: Tensor, task_ids: Tensor | None = None, *, hf: Any = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        task_ids: Tensor | None = None,
+        *,
+        hf: Any = None,
+        prompts: Tensor | None = None,
+    ) -> Tensor:
         """Logits ``[B, V, Lt]`` predicting each target token of the packed input ``x``
         (``[B, V, L]``, one per position, for rows of several examples: ``x`` ``[B, 3, L]``).
 
         ``hf`` runs another Hugging Face module of the same architecture instead (e.g. a copy
-        carrying peft adapters, as the ``adapters`` strategy's bank holds).
+        carrying peft adapters, as the ``adapters`` strategy's bank holds). ``prompts``
+        (``[P, D]`` or ``[B, P, D]``): soft prompt tokens put in front of each prompt's text
+        (see :mod:`cl.models.lm_prompting`).
         """
         if x.shape[1] == 3:
+            if prompts is not None:
+                raise ValueError("soft prompts do not apply to packed rows")
             return self.forward_packed(x, hf=hf)
         hf = self.hf if hf is None else hf
         ids, code = x[:, 0], x[:, 1]
         lp = target_start(code)
         if self.kind == "causal":
-            mask = (code > 0).long()
+            inputs, mask = self._inputs(ids, (code > 0).long(), prompts, hf)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             lt = ids.shape[1] - lp
             out = hf(
-                input_ids=ids,
+                **inputs,
                 attention_mask=mask,
                 position_ids=pos,
                 use_cache=False,
@@ -87,9 +98,10 @@ class LanguageModel(CLModel):
         start = int(hf.config.decoder_start_token_id or 0)
         target = ids[:, lp:].masked_fill(code[:, lp:] != 2, start)
         dec_in = torch.cat([torch.full_like(target[:, :1], start), target[:, :-1]], dim=1)
+        inputs, mask = self._inputs(ids[:, :lp], (code[:, :lp] == 1).long(), prompts, hf)
         out = hf(
-            input_ids=ids[:, :lp],
-            attention_mask=(code[:, :lp] == 1).long(),
+            **inputs,
+            attention_mask=mask,
             decoder_input_ids=dec_in,
             use_cache=False,
         )
@@ -121,6 +133,18 @@ class LanguageModel(CLModel):
         out = hf(input_ids=ids, attention_mask=mask, position_ids=idx - start, use_cache=False)
         return out.logits.transpose(1, 2)
 
+    def _inputs(
+        self, ids: Tensor, mask: Tensor, prompts: Tensor | None, hf: Any = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """The model's inputs (ids, or embeddings with ``prompts`` in) and attention mask."""
+        if prompts is None:
+            return {"input_ids": ids}, mask
+        from cl.models.lm_prompting import insert_prompts
+
+        hf = self.hf if hf is None else hf
+        h, mask = insert_prompts(hf.get_input_embeddings()(ids), mask, prompts)
+        return {"inputs_embeds": h}, mask
+
     @torch.no_grad()
     def generate_ids(
         self,
@@ -132,6 +156,7 @@ class LanguageModel(CLModel):
         pad_id: int,
         task_ids: Tensor | None = None,
         hf: Any = None,
+        prompts: Tensor | None = None,
     ) -> Tensor:
         """Greedy continuations ``[B, <= max_new_tokens]`` of left-padded prompts (KV cache).
 
@@ -145,11 +170,13 @@ class LanguageModel(CLModel):
             task_ids: Task ids of the rows (unused by the plain model).
             hf: Another Hugging Face module of the same architecture to run (see
                 :meth:`forward`).
+            prompts: Soft prompt tokens in front of each prompt (as in :meth:`forward`).
         """
         hf = self.hf if hf is None else hf
+        inputs, mask = self._inputs(ids, mask.long(), prompts, hf)
         kw: dict[str, Any] = dict(
-            input_ids=ids,
-            attention_mask=mask.long(),
+            **inputs,
+            attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
@@ -160,9 +187,11 @@ class LanguageModel(CLModel):
         if self.kind == "seq2seq":
             kw["decoder_start_token_id"] = int(hf.config.decoder_start_token_id or 0)
         out = hf.generate(**kw)
-        # Decoder-only models return prompt + continuation; seq2seq ones start with the
-        # decoder start token.
-        return out[:, ids.shape[1] :] if self.kind == "causal" else out[:, 1:]
+        # Decoder-only models return prompt + continuation (only the continuation when fed
+        # embeddings); seq2seq ones start with the decoder start token.
+        if self.kind == "seq2seq":
+            return out[:, 1:]
+        return out if prompts is not None else out[:, ids.shape[1] :]
 
 
 @dataclass
