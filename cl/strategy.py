@@ -234,6 +234,9 @@ class Strategy(ABC, Generic[C]):
     needs_task_id_at_test: ClassVar[bool] = False
     scenarios: ClassVar[tuple[str, ...]] = ("class_il", "task_il", "domain_il")
     modalities: ClassVar[tuple[str, ...]] = ("vision", "text")
+    # Trains on rows packing several text-to-text examples (``stream.packing``): the strategy
+    # only reads the model's logits and the labels, never the prompt/target layout of a row.
+    packed_rows: ClassVar[bool] = False
     # Config overrides of the small setup the contract tests run this strategy on (a tiny ViT,
     # a tiny text encoder, ...); empty: cl.testing.DEFAULT_SETUP (shrunk split_digits, MLP).
     test_setup: ClassVar[tuple[str, ...]] = ()

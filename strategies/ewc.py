@@ -113,6 +113,7 @@ class EWC(Strategy[EWCConfig]):
 
     config_cls = EWCConfig
     modalities = ("vision", "text", "text2text")
+    packed_rows = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -34,6 +34,7 @@ class Joint(Strategy[JointConfig]):
 
     config_cls = JointConfig
     modalities = ("vision", "text", "text2text")
+    packed_rows = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

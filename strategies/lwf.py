@@ -57,6 +57,7 @@ class LwF(Strategy[LwFConfig]):
 
     config_cls = LwFConfig
     modalities = ("vision", "text", "text2text")
+    packed_rows = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -24,3 +24,4 @@ class Naive(Strategy[NaiveConfig]):
 
     config_cls = NaiveConfig
     modalities = ("vision", "text", "text2text")
+    packed_rows = True

@@ -54,6 +54,7 @@ class Replay(Strategy[ReplayConfig]):
 
     config_cls = ReplayConfig
     modalities = ("vision", "text", "text2text")
+    packed_rows = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

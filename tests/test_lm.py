@@ -285,6 +285,10 @@ MEMORIZE2 = ("stream=memorize", "stream.size=2")
         ((*MEMORIZE2, "model=hf_seq2seq", "stream.packing=true"), "packing=true needs a causal"),
         ((*MEMORIZE2, "model=hf_causal_lm", "train.logit_mask=seen"), "train.logit_mask=seen"),
         (
+            (*MEMORIZE2, "model=hf_causal_lm", "stream.packing=true", "strategy=prompt_tuning"),
+            "does not train on packed rows",
+        ),
+        (
             ("stream=text2text_offline", "model=hf_causal_lm", "stream.max_new_tokens=4"),
             "metric=rank generates nothing",
         ),
@@ -292,7 +296,7 @@ MEMORIZE2 = ("stream=memorize", "stream.size=2")
 )
 def test_lm_options_that_cannot_apply_are_refused(extra, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)) as e:
-        build(compose([*QUIET, "strategy=naive", *extra]))
+        build(compose([*QUIET, "strategy=naive", *extra]))  # a later strategy= wins
     assert "\n" not in str(e.value)
 
 
