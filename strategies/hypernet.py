@@ -4,15 +4,14 @@ von Oswald, Henning, Grewe and Sacramento, "Continual learning with hypernetwork
 
 A hypernetwork maps a learned task embedding ``e_t`` to every weight of the target network (the
 platform's model, run with :func:`torch.func.functional_call` on the generated weights). Each
-task gets its own output head, generated together with the backbone from ``e_t`` (a linear layer
-over the task's classes); the model's own parameters, head included, are never trained. After
-each task the outputs ``h(e_t, theta*)`` for all learned tasks are stored, and while learning a
-new task the output regulariser ``beta/(T-1) sum_t ||h(e_t, theta*) - h(e_t, theta + dtheta)||^2``
-keeps them (optionally a random subset of old tasks per step), all in one batched hypernetwork
-pass; with look-ahead, ``dtheta`` is the step the optimiser would take on the task loss alone
-(hypercl's default; ``lookahead_step=sgd``: ``-lr * grad``). Batch-norm statistics are kept per
-task. Without task ids, the task is inferred per sample as the stored embedding whose network
-gives the lowest predictive entropy (HNET+ENT), normalised by ``log(number of classes)``.
+task gets its own output head (a linear layer over its classes), generated with the backbone from
+``e_t``; the model's own parameters are never trained. After each task the outputs
+``h(e_t, theta*)`` of all learned tasks are stored, and while learning a new task the regulariser
+``beta/(T-1) sum_t ||h(e_t, theta*) - h(e_t, theta + dtheta)||^2`` keeps them (optionally a random
+subset per step) in one batched hypernetwork pass; with look-ahead, ``dtheta`` is the optimiser's
+step on the task loss alone (hypercl's default; ``lookahead_step=sgd``: ``-lr * grad``).
+Batch-norm statistics are kept per task. Without task ids, the task is inferred per sample as the
+embedding whose network gives the lowest entropy (HNET+ENT), divided by ``log(n_classes)``.
 """
 
 from __future__ import annotations
@@ -52,11 +51,10 @@ class HypernetConfig(StrategyConfig):
         activation: Hypernetwork activation (``relu``, ``elu``, ``tanh``).
         chunk_size: Weights generated per chunk (null: one output layer for all weights).
         chunk_emb_dim: Size of the learned chunk embeddings.
-        reg_tasks_per_step: Regularise a random subset of this many old tasks per step
-            (null: all of them).
+        reg_tasks_per_step: Regularise this many random old tasks per step (null: all).
         lookahead: Regularise at ``theta + dtheta`` (dtheta: the task loss's own step).
-        lookahead_step: ``optimizer``: dtheta is the optimiser's own next step on the task
-            loss (its state and lr; hypercl's default); ``sgd``: the plain ``-lr * grad``.
+        lookahead_step: ``optimizer`` (the optimiser's own next step on the task loss, its
+            state and lr: hypercl's default) or ``sgd`` (the plain ``-lr * grad``).
         ent_temperature: Temperature of the softmax whose entropy infers the task.
         ent_normalize: Divide each task's entropy by ``log`` of its number of classes.
     """
@@ -269,11 +267,11 @@ class Hypernet(Strategy[HypernetConfig]):
 
     def task_inference_accuracy(self, data: TensorData, batch_size: int = 1024) -> float:
         """Fraction of ``data`` whose task :meth:`infer_tasks` gets right (in eval mode)."""
-        was_training = self.model.training
+        was_training, b = self.model.training, batch_size
         self.model.eval()
         hits = sum(
-            int((self.infer_tasks(data.x[s : s + batch_size]) == data.t[s : s + batch_size]).sum())
-            for s in range(0, len(data), batch_size)
+            int((self.infer_tasks(data.x[s : s + b]) == data.t[s : s + b]).sum())
+            for s in range(0, len(data), b)
         )
         self.model.train(was_training)
         return hits / max(len(data), 1)
