@@ -76,8 +76,9 @@ class OLoRA(Strategy[OLoRAConfig]):
         super().__init__(**kwargs)
         self.config.validate()
         if not isinstance(self.model, LanguageModel):
-            raise ConfigError("strategy 'olora' needs a language model (model=hf_causal_lm or "
-                              "model=hf_seq2seq)")
+            raise ConfigError(
+                "strategy 'olora' needs a language model (model=hf_causal_lm or model=hf_seq2seq)"
+            )
         if lora_layers(self.model):
             raise ConfigError(
                 "strategy 'olora' adds its own LoRA adapter per task: set model.lora_rank=0"
