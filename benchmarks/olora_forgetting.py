@@ -38,6 +38,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--targets", default=LLAMA_LINEARS, help="adapted modules, e.g. [q_proj,v_proj]")
+    p.add_argument(
+        "--stream",
+        nargs="*",
+        default=[],
+        help="extra stream overrides, e.g. stream.task_prefix=true stream.disjoint_keys=true",
+    )
     args = p.parse_args()
     common = [
         "logger=none",
@@ -51,6 +58,7 @@ def main() -> None:
         f"train.batch_size={args.size}",
         "train.optimizer=adam",
         f"train.lr={args.lr}",
+        *args.stream,
     ]
     r = args.rank
     methods = {
@@ -58,7 +66,7 @@ def main() -> None:
             "strategy=naive",
             f"model.lora_rank={r}",
             f"model.lora_alpha={2 * r}",
-            f"model.lora_targets={LLAMA_LINEARS}",
+            f"model.lora_targets={args.targets}",
         ]
     }
     for lam in args.lambda_1:
@@ -67,7 +75,7 @@ def main() -> None:
             f"strategy.r={r}",
             f"strategy.lora_alpha={2 * r}",
             "strategy.lora_dropout=0",
-            f"strategy.target_modules={LLAMA_LINEARS}",
+            f"strategy.target_modules={args.targets}",
             f"strategy.lambda_1={lam}",
         ]
     summary: dict[str, list[float]] = {m: [] for m in methods}

@@ -20,6 +20,9 @@ from cl.streams.text2text import TextTask, build_text2text_stream
 from cl.validation import positive
 
 ALPHABET = "0123456789abcdef"
+# Letters of the per-task prefixes (``task_prefix``): none is a key or value character.
+PREFIX_ALPHABET = "ghijklmnopqrstuvwxyz"
+PREFIX_LEN = 4
 
 
 @dataclass
@@ -38,6 +41,11 @@ class MemorizeConfig:
         task_labels: Task ids available at test time.
         max_train_per_experience: Cap on the pairs of an experience (``debug=fast``).
         max_test_per_experience: Cap on the pairs tested per experience (the first ones).
+        task_prefix: Start every prompt of an experience with that experience's own instruction
+            (4 random letters outside the hex alphabet, distinct per experience), so tasks differ
+            in their inputs as instruction-tuned tasks do (O-LoRA's premise).
+        disjoint_keys: Draw each experience's keys from its own share of the hex alphabet
+            (disjoint character sets across experiences; values use the whole alphabet).
     """
 
     name: str = "memorize"
@@ -51,45 +59,90 @@ class MemorizeConfig:
     task_labels: bool = False
     max_train_per_experience: int | None = None
     max_test_per_experience: int | None = None
+    task_prefix: bool = False
+    disjoint_keys: bool = False
 
     def validate(self) -> None:
         positive("stream", self, "n_experiences", "size", "key_len", "value_len", "max_new_tokens")
         positive("stream", self, "max_train_per_experience", "max_test_per_experience")
+        if self.disjoint_keys and self.n_experiences > len(ALPHABET) // 2:
+            raise ConfigError(
+                f"stream.disjoint_keys needs n_experiences <= {len(ALPHABET) // 2}, "
+                f"got {self.n_experiences}"
+            )
 
 
-def random_strings(n: int, length: int, gen: torch.Generator) -> list[str]:
-    digits = torch.randint(len(ALPHABET), (n, length), generator=gen)
-    return ["".join(ALPHABET[int(d)] for d in row) for row in digits]
+def distinct_strings(
+    n: int, length: int, gen: torch.Generator, alphabet: str, seen: set[str]
+) -> list[str]:
+    """``n`` random strings not in ``seen`` (added to it), drawn ``n`` at a time."""
+    out: list[str] = []
+    while len(out) < n:
+        for k in random_strings(n, length, gen, alphabet):
+            if k not in seen and len(out) < n:
+                seen.add(k)
+                out.append(k)
+    return out
+
+
+def key_alphabets(cfg: MemorizeConfig) -> list[str]:
+    """The characters of each experience's keys (the whole alphabet unless ``disjoint_keys``)."""
+    if not cfg.disjoint_keys:
+        return [ALPHABET] * cfg.n_experiences
+    share = len(ALPHABET) // cfg.n_experiences
+    return [ALPHABET[i * share : (i + 1) * share] for i in range(cfg.n_experiences)]
+
+
+def task_prefixes(n: int, gen: torch.Generator) -> list[str]:
+    """``n`` distinct random prefixes of :data:`PREFIX_LEN` letters from ``PREFIX_ALPHABET``."""
+    out: list[str] = []
+    while len(out) < n:
+        p = random_strings(1, PREFIX_LEN, gen, PREFIX_ALPHABET)[0]
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def random_strings(
+    n: int, length: int, gen: torch.Generator, alphabet: str = ALPHABET
+) -> list[str]:
+    digits = torch.randint(len(alphabet), (n, length), generator=gen)
+    return ["".join(alphabet[int(d)] for d in row) for row in digits]
+
+
+def memorize_tasks(cfg: MemorizeConfig) -> list[TextTask]:
+    """The experiences' (prompt, value) pairs: ``"<prefix><key>="`` -> value."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    size = min(cfg.size, cfg.max_train_per_experience or cfg.size)
+    alphabets = key_alphabets(cfg)
+    total = cfg.n_experiences * size
+    if min(len(a) for a in alphabets) ** cfg.key_len < 2 * (size if cfg.disjoint_keys else total):
+        raise ConfigError(
+            f"stream.key_len={cfg.key_len} gives too few distinct keys for {total} pairs"
+        )
+    seen: set[str] = set()
+    if cfg.disjoint_keys:
+        keys = [k for a in alphabets for k in distinct_strings(size, cfg.key_len, gen, a, seen)]
+    else:
+        keys = distinct_strings(total, cfg.key_len, gen, ALPHABET, seen)
+    values = random_strings(total, cfg.value_len, gen)
+    prefixes = task_prefixes(cfg.n_experiences, gen) if cfg.task_prefix else [""] * len(alphabets)
+    tasks = []
+    for i in range(cfg.n_experiences):
+        sl = slice(i * size, (i + 1) * size)
+        pairs = [(f"{prefixes[i]}{k}=", v) for k, v in zip(keys[sl], values[sl], strict=True)]
+        test = pairs[: cfg.max_test_per_experience or size]
+        tasks.append(TextTask(name=f"memorize{i}", instruction="", train=pairs, test=test))
+    return tasks
 
 
 @register_stream("memorize", MemorizeConfig)
 def memorize(cfg: MemorizeConfig) -> Stream:
-    gen = torch.Generator().manual_seed(cfg.seed)
-    size = min(cfg.size, cfg.max_train_per_experience or cfg.size)
-    total = cfg.n_experiences * size
-    if len(ALPHABET) ** cfg.key_len < 2 * total:
-        raise ConfigError(
-            f"stream.key_len={cfg.key_len} gives too few distinct keys for {total} pairs"
-        )
-    keys: list[str] = []
-    seen: set[str] = set()
-    while len(keys) < total:  # distinct keys: one association per key in the whole stream
-        for k in random_strings(total, cfg.key_len, gen):
-            if k not in seen and len(keys) < total:
-                seen.add(k)
-                keys.append(k)
-    values = random_strings(total, cfg.value_len, gen)
-    tasks = []
-    for i in range(cfg.n_experiences):
-        sl = slice(i * size, (i + 1) * size)
-        pairs = [(f"{k}=", v) for k, v in zip(keys[sl], values[sl], strict=True)]
-        test = pairs[: cfg.max_test_per_experience or size]
-        tasks.append(TextTask(name=f"memorize{i}", instruction="", train=pairs, test=test))
     return build_text2text_stream(
         cfg.name,
-        tasks,
+        memorize_tasks(cfg),
         tokenizer=cfg.tokenizer,
-        max_prompt_len=cfg.key_len + 2,
+        max_prompt_len=cfg.key_len + 2 + (PREFIX_LEN if cfg.task_prefix else 0),
         max_target_len=cfg.value_len + 1,
         max_new_tokens=cfg.max_new_tokens,
         task_labels=cfg.task_labels,
