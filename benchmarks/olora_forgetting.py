@@ -40,10 +40,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--targets", default=LLAMA_LINEARS, help="adapted modules, e.g. [q_proj,v_proj]")
     p.add_argument(
-        "--stream",
+        "--overrides",
         nargs="*",
         default=[],
-        help="extra stream overrides, e.g. stream.task_prefix=true stream.disjoint_keys=true",
+        help="extra overrides for every run, e.g. stream.task_prefix=true stream.disjoint_keys=true",
     )
     args = p.parse_args()
     common = [
@@ -58,7 +58,7 @@ def main() -> None:
         f"train.batch_size={args.size}",
         "train.optimizer=adam",
         f"train.lr={args.lr}",
-        *args.stream,
+        *args.overrides,
     ]
     r = args.rank
     methods = {

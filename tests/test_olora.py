@@ -147,21 +147,25 @@ def test_merged_model_equals_all_adapters_active(olora_two_tasks):
 
 def test_memorize_task_prefix_and_disjoint_keys():
     """The optional stream settings O-LoRA is measured on: each experience's prompts start with
-    its own non-hex prefix, and its keys use characters no other experience's keys use."""
+    its own non-hex prefix, and its keys (values) use characters no other experience's use."""
     from cl.streams.memorize import ALPHABET, PREFIX_LEN, MemorizeConfig, memorize_tasks
 
     plain = memorize_tasks(MemorizeConfig(size=8, key_len=4))
     assert all(p[0][0] in ALPHABET and len(p[0]) == 5 for t in plain for p in t.train)
     tasks = memorize_tasks(
-        MemorizeConfig(size=8, key_len=4, task_prefix=True, disjoint_keys=True, n_experiences=3)
+        MemorizeConfig(
+            size=8, key_len=4, task_prefix=True, disjoint_keys=True, disjoint_values=True
+        )
     )
     prefixes = {t.train[0][0][:PREFIX_LEN] for t in tasks}
     assert len(prefixes) == 3 and not set("".join(prefixes)) & set(ALPHABET)
-    chars = []
+    keys, values = [], []
     for t in tasks:
         assert len({p[:PREFIX_LEN] for p, _ in t.train}) == 1
-        chars.append({c for p, _ in t.train for c in p[PREFIX_LEN:-1]})
+        keys.append({c for p, _ in t.train for c in p[PREFIX_LEN:-1]})
+        values.append({c for _, v in t.train for c in v})
         assert len({p for p, _ in t.train}) == 8 and all(len(v) == 6 for _, v in t.train)
-    assert not (chars[0] & chars[1] or chars[0] & chars[2] or chars[1] & chars[2])
-    with pytest.raises(ConfigError, match="disjoint_keys"):
-        MemorizeConfig(n_experiences=9, disjoint_keys=True).validate()
+    for chars in (keys, values):
+        assert not (chars[0] & chars[1] or chars[0] & chars[2] or chars[1] & chars[2])
+    with pytest.raises(ConfigError, match="disjoint_values"):
+        MemorizeConfig(n_experiences=9, disjoint_values=True).validate()

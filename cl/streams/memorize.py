@@ -45,7 +45,8 @@ class MemorizeConfig:
             (4 random letters outside the hex alphabet, distinct per experience), so tasks differ
             in their inputs as instruction-tuned tasks do (O-LoRA's premise).
         disjoint_keys: Draw each experience's keys from its own share of the hex alphabet
-            (disjoint character sets across experiences; values use the whole alphabet).
+            (disjoint character sets across experiences).
+        disjoint_values: Likewise for the values (each experience's values use its share).
     """
 
     name: str = "memorize"
@@ -61,15 +62,17 @@ class MemorizeConfig:
     max_test_per_experience: int | None = None
     task_prefix: bool = False
     disjoint_keys: bool = False
+    disjoint_values: bool = False
 
     def validate(self) -> None:
         positive("stream", self, "n_experiences", "size", "key_len", "value_len", "max_new_tokens")
         positive("stream", self, "max_train_per_experience", "max_test_per_experience")
-        if self.disjoint_keys and self.n_experiences > len(ALPHABET) // 2:
-            raise ConfigError(
-                f"stream.disjoint_keys needs n_experiences <= {len(ALPHABET) // 2}, "
-                f"got {self.n_experiences}"
-            )
+        for key in ("disjoint_keys", "disjoint_values"):
+            if getattr(self, key) and self.n_experiences > len(ALPHABET) // 2:
+                raise ConfigError(
+                    f"stream.{key} needs n_experiences <= {len(ALPHABET) // 2}, "
+                    f"got {self.n_experiences}"
+                )
 
 
 def distinct_strings(
@@ -85,9 +88,9 @@ def distinct_strings(
     return out
 
 
-def key_alphabets(cfg: MemorizeConfig) -> list[str]:
-    """The characters of each experience's keys (the whole alphabet unless ``disjoint_keys``)."""
-    if not cfg.disjoint_keys:
+def alphabets(cfg: MemorizeConfig, disjoint: bool) -> list[str]:
+    """Each experience's characters: the whole alphabet, or its share of it if ``disjoint``."""
+    if not disjoint:
         return [ALPHABET] * cfg.n_experiences
     share = len(ALPHABET) // cfg.n_experiences
     return [ALPHABET[i * share : (i + 1) * share] for i in range(cfg.n_experiences)]
@@ -114,19 +117,24 @@ def memorize_tasks(cfg: MemorizeConfig) -> list[TextTask]:
     """The experiences' (prompt, value) pairs: ``"<prefix><key>="`` -> value."""
     gen = torch.Generator().manual_seed(cfg.seed)
     size = min(cfg.size, cfg.max_train_per_experience or cfg.size)
-    alphabets = key_alphabets(cfg)
+    key_chars = alphabets(cfg, cfg.disjoint_keys)
     total = cfg.n_experiences * size
-    if min(len(a) for a in alphabets) ** cfg.key_len < 2 * (size if cfg.disjoint_keys else total):
+    if min(len(a) for a in key_chars) ** cfg.key_len < 2 * (size if cfg.disjoint_keys else total):
         raise ConfigError(
             f"stream.key_len={cfg.key_len} gives too few distinct keys for {total} pairs"
         )
     seen: set[str] = set()
     if cfg.disjoint_keys:
-        keys = [k for a in alphabets for k in distinct_strings(size, cfg.key_len, gen, a, seen)]
+        keys = [k for a in key_chars for k in distinct_strings(size, cfg.key_len, gen, a, seen)]
     else:
         keys = distinct_strings(total, cfg.key_len, gen, ALPHABET, seen)
-    values = random_strings(total, cfg.value_len, gen)
-    prefixes = task_prefixes(cfg.n_experiences, gen) if cfg.task_prefix else [""] * len(alphabets)
+    if cfg.disjoint_values:
+        value_chars = alphabets(cfg, True)
+        values = [v for a in value_chars for v in random_strings(size, cfg.value_len, gen, a)]
+    else:
+        values = random_strings(total, cfg.value_len, gen)
+    n = cfg.n_experiences
+    prefixes = task_prefixes(n, gen) if cfg.task_prefix else [""] * n
     tasks = []
     for i in range(cfg.n_experiences):
         sl = slice(i * size, (i + 1) * size)
