@@ -11,11 +11,15 @@ A model is loaded by hub name or local path (``model.path``), or built from a sm
 config (``model.config=tiny_llama`` or ``tiny_t5``, widths as fields) whose vocabulary is the
 stream's tokenizer's (``n_classes`` of a text-to-text stream is its vocabulary size). The Hugging
 Face model is the ``backbone`` of the :class:`LanguageModel`, so adapters (peft) can wrap it.
+
+``model.lora_rank > 0`` fine-tunes one shared LoRA (or MoRA, ``model.lora_type=mora``) adapter
+instead of the whole model: upstream peft injects it at build time and freezes every base
+weight, so any strategy (naive, joint, replay, ewc, lwf, ...) trains only the adapter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,9 +28,11 @@ from torch import Tensor, nn
 from cl.errors import ConfigError, DataNotFoundError, reason
 from cl.models import CLModel, ModelConfig, register_model
 from cl.streams.base import StreamInfo
-from cl.validation import affordable, one_of, positive
+from cl.validation import affordable, fraction, non_negative, one_of, positive
 
 RANDOM_CONFIGS = {"causal": ("tiny_llama",), "seq2seq": ("tiny_t5",)}
+LORA_TYPES = ("lora", "mora")
+MORA_TYPES = (1, 6)  # as cl.models.mora.MORA_TYPES (that module imports peft: slow)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Special ids of the random configs (those of the byte-level tokenizer).
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -214,6 +220,17 @@ class LMConfig(ModelConfig):
             autocast on CUDA to float32 weights).
         gradient_checkpointing: Recompute activations in the backward pass (less memory).
         attn_implementation: ``sdpa`` or ``eager`` attention.
+        lora_rank: 0: full fine-tuning; > 0: train only one shared adapter of this rank (peft),
+            the base weights frozen.
+        lora_type: ``lora`` or ``mora`` (MoRA's square matrix with the parameters of a rank
+            ``lora_rank`` LoRA; see :mod:`cl.models.mora`).
+        lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_rank``;
+            MoRA ignores it).
+        lora_dropout: Dropout on the adapter's input.
+        lora_targets: Module names to adapt; empty: peft's default for the architecture (the
+            attention query and value projections: ``q_proj, v_proj`` of Llama, ``q, v`` of
+            T5).
+        mora_type: MoRA's operators: 1 (sharing, for large ranks) or 6 (rotation, small ranks).
     """
 
     name: str = "hf_causal_lm"
@@ -229,12 +246,23 @@ class LMConfig(ModelConfig):
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    lora_rank: int = 0
+    lora_type: str = "lora"
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)
+    mora_type: int = 6
 
     def validate(self) -> None:
         positive("model", self, "hidden_size", "intermediate_size", "num_layers", "num_heads")
         positive("model", self, "num_kv_heads", "max_positions")
         one_of("model", self, "dtype", DTYPES)
         one_of("model", self, "attn_implementation", ("sdpa", "eager"))
+        one_of("model", self, "lora_type", LORA_TYPES)
+        one_of("model", self, "mora_type", MORA_TYPES)
+        non_negative("model", self, "lora_rank")
+        positive("model", self, "lora_alpha")
+        fraction("model", self, "lora_dropout", high_open=True)
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_heads "
@@ -345,7 +373,49 @@ def build_lm(cfg: LMConfig, info: StreamInfo, kind: str) -> LanguageModel:
     hf = load_hf_lm(cfg, kind, info)
     if cfg.gradient_checkpointing:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_rank > 0:
+        attach_shared_adapter(hf, cfg)
     return LanguageModel(hf, kind=kind)
+
+
+def default_targets(hf: Any) -> list[str]:
+    """peft's default LoRA targets for ``hf``'s architecture (its attention projections)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(hf.config.model_type)
+    if not targets:
+        raise ConfigError(
+            f"peft has no default LoRA targets for {hf.config.model_type!r} models; "
+            "set model.lora_targets (module names, e.g. [q_proj,v_proj])"
+        )
+    return list(targets)
+
+
+def attach_shared_adapter(hf: Any, cfg: LMConfig) -> None:
+    """Inject one trainable LoRA/MoRA adapter (``default``) into ``hf`` and freeze the rest.
+
+    Upstream peft edits the module tree in place: each targeted ``nn.Linear`` becomes a peft
+    layer holding the original weight (``base_layer``) and the adapter; the wrapper model peft
+    returns is dropped, so the :class:`LanguageModel` keeps the Hugging Face model's interface.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from cl.models.mora import mora_config
+
+    targets = list(cfg.lora_targets) or default_targets(hf)
+    if cfg.lora_type == "mora":
+        pc = mora_config(cfg.lora_rank, targets, cfg.mora_type, lora_dropout=cfg.lora_dropout)
+    else:
+        pc = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+        )
+    try:
+        get_peft_model(hf, pc)
+    except ValueError as e:
+        raise ConfigError(f"model.lora_targets: {reason(e)}") from None
 
 
 @register_model("hf_causal_lm", LMConfig)
