@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from distributed_worker import gathered, state_hash  # noqa: E402
-from test_lm_contracts import EXTRA, LM_STRATEGIES  # noqa: E402
+from test_lm_contracts import LM_STRATEGIES, lm_overrides  # noqa: E402
 
 from cl import distributed  # noqa: E402
 from cl.errors import ConfigError  # noqa: E402
@@ -44,13 +44,13 @@ RUNS: dict[str, tuple[str, ...]] = {
 
 def contracts(world: int) -> dict[str, Any]:
     from cl.config import build
-    from cl.testing import compose, lm_setup_overrides
+    from cl.testing import compose
 
     results: dict[str, Any] = {}
     for name in LM_STRATEGIES:
         t0 = time.perf_counter()
         try:
-            built = build(compose(lm_setup_overrides(name, *EXTRA.get(name, ()))))
+            built = build(compose(lm_overrides(name)))
         except ConfigError as e:
             results[name] = {"refused": str(e)}
             continue

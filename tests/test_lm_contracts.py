@@ -27,14 +27,19 @@ EXTRA = {"ewc": ("strategy.estimator=batched",)}
 TASK_IDS = ("stream.task_labels=true", "allow_task_oracle=true")
 
 
+def lm_overrides(name: str) -> list[str]:
+    """The LM contract setup of strategy ``name``, with what it needs (task ids, settings)."""
+    ids = TASK_IDS if get_strategy(name).needs_task_id_at_test else ()
+    return lm_setup_overrides(name, *EXTRA.get(name, ()), *ids)
+
+
 def test_the_baselines_support_language_models():
     assert {"naive", "joint", "replay", "ewc", "lwf"} <= set(LM_STRATEGIES)
 
 
 @pytest.mark.parametrize("name", LM_STRATEGIES)
 def test_lm_contracts(name, tmp_path):
-    ids = TASK_IDS if get_strategy(name).needs_task_id_at_test else ()
-    cfg = compose(lm_setup_overrides(name, *EXTRA.get(name, ()), *ids))
+    cfg = compose(lm_overrides(name))
     check_trains(cfg)
     check_state_round_trip(cfg)
     ref = run_uninterrupted(cfg, tmp_path / "ref")
