@@ -584,13 +584,15 @@ class Strategy(ABC, Generic[C]):
                     f"(epoch {epoch}); try a smaller train.lr or train.grad_clip"
                 )
         distributed.reduce_shard_state(self, dist)
+        # Counted before after_experience, which may freeze what was trained (adapters).
+        trainable = optimized_parameters(self.optimizer)
         self.after_experience(exp)
         return ExperienceStats(
             index=exp.index,
             steps=steps,
             samples=samples,
             final_loss=float(loss_sum) / max(n_last, 1),
-            trainable_params=optimized_parameters(self.optimizer),
+            trainable_params=trainable,
         )
 
     def _training_mask(self, exp: Experience) -> Tensor | None:

@@ -27,6 +27,7 @@ from cl.lora_ortho import init_lora_, l2_loss, lora_layers, orthogonality_loss
 from cl.models.lm import LanguageModel, default_targets
 from cl.strategy import Batch, Strategy, StrategyConfig, register_strategy
 from cl.streams.base import Experience
+from cl.testing import LM_SETUP
 from cl.validation import fraction, non_negative, positive
 
 # Salt of the generator that initialises each task's adapter (see init_lora_).
@@ -71,6 +72,7 @@ class OLoRA(Strategy[OLoRAConfig]):
 
     config_cls = OLoRAConfig
     modalities = ("text2text",)
+    test_setup = LM_SETUP  # the contract tests run it on a tiny causal LM
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
