@@ -1,4 +1,9 @@
-"""The cl-run command: bad inputs give one readable message and a non-zero exit code."""
+"""The cl-run command: bad inputs give one readable message and a non-zero exit code.
+
+One test runs the real ``python -m cl.run`` process (a run that fails during training: exit code
+3 from inside the Hydra job, partial results on disk); the others call :func:`cl.run.cli`, the
+whole command (preflight, Hydra, the job's error handling) minus the process start, in a temp
+working directory."""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import subprocess
 import sys
 
 import pytest
+
+from cl.report import main as report_main
+from cl.run import cli
 
 
 def cl_run(*args: str, cwd, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -22,7 +30,30 @@ def cl_run(*args: str, cwd, env_extra: dict[str, str] | None = None) -> subproce
     )
 
 
-def _no_traceback(p: subprocess.CompletedProcess) -> None:
+class Result:
+    """Exit code and output of one in-process ``cl-run``."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cl_run_here(tmp_path, monkeypatch, capsys):
+    """``cl-run`` in this process, with tmp_path as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        rc = cli(list(args))
+        out = capsys.readouterr()
+        return Result(rc, out.out, out.err)
+
+    return run
+
+
+def _no_traceback(p: subprocess.CompletedProcess | Result) -> None:
     assert "Traceback (most recent call last)" not in p.stderr + p.stdout
 
 
@@ -37,8 +68,8 @@ def _no_traceback(p: subprocess.CompletedProcess) -> None:
         ("model", ["mlp", "cnn"]),
     ],
 )
-def test_unknown_choice_lists_valid_names(group, names, tmp_path):
-    p = cl_run(f"{group}=nope", cwd=tmp_path)
+def test_unknown_choice_lists_valid_names(group, names, cl_run_here):
+    p = cl_run_here(f"{group}=nope")
     assert p.returncode != 0
     assert f"Could not find '{group}/nope'" in p.stderr
     for n in names:
@@ -46,29 +77,28 @@ def test_unknown_choice_lists_valid_names(group, names, tmp_path):
     _no_traceback(p)
 
 
-def test_wrong_type(tmp_path):
-    p = cl_run("train.epochs=abc", cwd=tmp_path)
+def test_wrong_type(cl_run_here):
+    p = cl_run_here("train.epochs=abc")
     assert p.returncode != 0
     assert "train.epochs" in p.stderr and "could not be converted to Integer" in p.stderr
     _no_traceback(p)
 
 
 @pytest.mark.parametrize("arg", ["train.epochs=0", "train.batch_size=0", "train.batch_size=-5"])
-def test_non_positive_epochs_or_batch_size(arg, tmp_path):
-    p = cl_run(arg, "logger=none", cwd=tmp_path)
+def test_non_positive_epochs_or_batch_size(arg, cl_run_here):
+    p = cl_run_here(arg, "logger=none")
     assert p.returncode == 2
     key = arg.split("=")[0]
     assert f"error: {key} must be a positive integer" in p.stderr
     _no_traceback(p)
 
 
-def test_missing_offline_data(tmp_path):
-    p = cl_run(
+def test_missing_offline_data(tmp_path, cl_run_here):
+    p = cl_run_here(
         "stream=split_fmnist",
         f"stream.data_root={tmp_path}",
         "stream.download=false",
         "logger=none",
-        cwd=tmp_path,
     )
     assert p.returncode == 2
     assert (
@@ -87,20 +117,15 @@ def test_nan_loss_stops_with_partial_results(tmp_path):
     assert r["run"]["status"] == "partial"
 
 
-def test_unknown_key_and_typo(tmp_path):
-    p = cl_run("strategy.ewc_lambdaa=1", cwd=tmp_path)
+def test_unknown_key_and_typo(cl_run_here):
+    p = cl_run_here("strategy.ewc_lambdaa=1")
     assert p.returncode != 0 and "Key 'ewc_lambdaa' not in" in p.stderr
     _no_traceback(p)
 
 
-def test_report_without_runs(tmp_path):
-    p = subprocess.run(
-        [sys.executable, "-m", "cl.report", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert p.returncode == 0 and "no runs" in p.stdout
+def test_report_without_runs(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 0
+    assert "no runs" in capsys.readouterr().out
 
 
 def test_composing_a_config_imports_no_heavy_library():

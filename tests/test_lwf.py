@@ -15,10 +15,13 @@ DIGITS = DIGITS_1EPOCH
 SPLIT_TIL = (
     "stream=split_fmnist",
     "stream.scenario=task_il",
-    "stream.max_train_per_experience=3000",
+    "stream.max_train_per_experience=1500",
     "stream.max_test_per_experience=1000",
     *ADAM_1EPOCH,
 )
+# 1500 training samples per task (was 3000, half the cost). Forgetting naive / LwF, seeds 0-2:
+# single head 0.354/0.104, 0.433/0.053, 0.463/0.193; multi-head 0.121/0.005, 0.185/0.005,
+# 0.109/0.012 -- the smallest gap (0.097) is far above the asserted 0.02.
 
 
 @pytest.mark.parametrize("scenario", ["class_il", "task_il"])
