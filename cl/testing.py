@@ -93,6 +93,38 @@ LM_SETUP: tuple[str, ...] = (
 QUIET: tuple[str, ...] = ("logger=none", "device=cpu")
 
 
+def check_reference_yaml(
+    cfg: DictConfig,
+    path: Path,
+    reference: dict[str, Any],
+    deviations: dict[str, tuple[Any, Any]],
+    free: Sequence[str] = ("train.eval_batch_size",),
+) -> None:
+    """Check an experiment yaml that follows a named reference recipe.
+
+    Every key the yaml at ``path`` sets must be in ``reference``, ``deviations`` (ours, the
+    reference's) or ``free`` (keys results do not depend on), and the composed ``cfg`` must
+    hold each reference value and each deviation's value (lists elementwise within 1e-9).
+    """
+    raw: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[assignment]
+    assert isinstance(raw, dict)
+    set_keys = {f"{g}.{k}" for g, v in raw.items() if isinstance(v, dict) for k in v}
+    set_keys |= {str(k) for k, v in raw.items() if not isinstance(v, dict | list)}
+    unchecked = set_keys - {*reference, *deviations, *free}
+    assert not unchecked, f"{path.name} sets keys no reference entry checks: {sorted(unchecked)}"
+    for key, want in {**reference, **{k: v[0] for k, v in deviations.items()}}.items():
+        got: Any = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_object(got) if OmegaConf.is_config(got) else got
+        if isinstance(want, list):
+            ok = len(got) == len(want) and all(
+                math.isclose(a, b, rel_tol=1e-9) if isinstance(b, float) else a == b
+                for a, b in zip(got, want, strict=True)
+            )
+        else:
+            ok = got == want
+        assert ok, f"{key}: {got!r} != reference {want!r}"
+
+
 def setup_overrides(name: str, *extra: str) -> list[str]:
     """Overrides of strategy ``name``'s contract setup (its ``test_setup`` or the default)."""
     from cl.strategy import get_strategy

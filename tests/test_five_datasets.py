@@ -7,6 +7,7 @@ import torch
 
 from cl.errors import ConfigError, DataNotFoundError
 from cl.streams.five_datasets import FiveDatasetsConfig, five_datasets
+from cl.testing import check_reference_yaml
 from tests.conftest import needs_fmnist
 
 # JH-LEE-KR/l2p-pytorch f7bc994 (configs/five_datasets_l2p.py, train_five_datasets_l2p.sh,
@@ -54,7 +55,6 @@ DEVIATIONS = {"strategy.batchwise_prompt": (False, True)}  # (ours, the referenc
 
 
 def test_l2p_5datasets_follows_the_named_reference(make_cfg):
-    from omegaconf import OmegaConf
 
     from cl.config import to_dataclass
     from cl.strategy import TrainConfig
@@ -63,15 +63,7 @@ def test_l2p_5datasets_follows_the_named_reference(make_cfg):
     path = Path(__file__).parents[1] / "conf/experiment/l2p_5datasets.yaml"
     text = path.read_text()
     assert "JH-LEE-KR/l2p-pytorch" in text and "f7bc994365f51221e059b7be18c9b08c369444e6" in text
-    raw = OmegaConf.to_container(OmegaConf.load(path))
-    assert isinstance(raw, dict)
-    set_keys = {f"{g}.{k}" for g, v in raw.items() if isinstance(v, dict) for k in v}
-    set_keys |= {k for k, v in raw.items() if not isinstance(v, dict | list)}
-    assert set_keys <= {*REFERENCE, *DEVIATIONS, "train.eval_batch_size"}, set_keys
-    for key, want in {**REFERENCE, **{k: v[0] for k, v in DEVIATIONS.items()}}.items():
-        got = OmegaConf.select(cfg, key)
-        got = OmegaConf.to_object(got) if OmegaConf.is_config(got) else got
-        assert got == (pytest.approx(want) if isinstance(want, list) else want), key
+    check_reference_yaml(cfg, path, REFERENCE, DEVIATIONS)
     assert cfg.stream.name == "five_datasets" and cfg.stream.n_experiences == 5
     s = cfg.strategy
     assert s.top_k * cfg.stream.n_experiences == s.pool_size  # one prompt slot set per task

@@ -19,6 +19,7 @@ from cl.run import run_experiment
 from cl.strategies.l2p import L2P, L2PConfig
 from cl.streams.base import StreamInfo
 from cl.streams.cifar import load_cifar100_arrays
+from cl.testing import check_reference_yaml
 from tests.conftest import needs_fmnist
 
 TINY_VIT = [
@@ -172,7 +173,6 @@ DEVIATIONS = {"strategy.batchwise_prompt": (False, True)}
 
 
 def test_split_cifar100_recipe_follows_the_named_reference(make_cfg, tmp_path):
-    from omegaconf import OmegaConf
 
     from cl.config import to_dataclass
     from cl.strategy import RunContext, TrainConfig
@@ -184,18 +184,7 @@ def test_split_cifar100_recipe_follows_the_named_reference(make_cfg, tmp_path):
     text = path.read_text()
     assert "JH-LEE-KR/l2p-pytorch" in text and "f7bc994365f51221e059b7be18c9b08c369444e6" in text
     # Every value the yaml sets is checked here (eval_batch_size: results do not depend on it).
-    raw = OmegaConf.to_container(OmegaConf.load(path))
-    assert isinstance(raw, dict)
-    set_keys = {f"{g}.{k}" for g, v in raw.items() if isinstance(v, dict) for k in v}
-    set_keys |= {k for k, v in raw.items() if not isinstance(v, dict | list)}
-    assert set_keys <= {*REFERENCE, *DEVIATIONS, "train.eval_batch_size"}, set_keys - {
-        *REFERENCE,
-        *DEVIATIONS,
-    }
-    for key, want in {**REFERENCE, **{k: v[0] for k, v in DEVIATIONS.items()}}.items():
-        got = OmegaConf.select(cfg, key)
-        got = OmegaConf.to_object(got) if OmegaConf.is_config(got) else got
-        assert got == (pytest.approx(want) if isinstance(want, list) else want), key
+    check_reference_yaml(cfg, path, REFERENCE, DEVIATIONS)
     tc = to_dataclass(cfg.train, TrainConfig, "train")
     assert tc.effective_lr == pytest.approx(0.03 * 16 / 256)
     # The image pipeline without data: random resized crops to 224, resize 256 + crop 224.
