@@ -284,12 +284,7 @@ def build(cfg: DictConfig) -> Built:
 
     from cl.streams.text2text import check_run
 
-    check_run(stream, model, train)  # options that mean nothing on text-to-text streams
-    if stream.extra.get("packing") and not strat_cls.packed_rows:
-        raise ConfigError(
-            f"strategy {strat_cfg.name!r} does not train on packed rows (several examples per "
-            "row); set stream.packing=false"
-        )
+    check_run(stream, model, train, strat_cls)  # options meaningless on text-to-text streams
     stream = stream.to(device)
     context = RunContext(
         device=device,

@@ -438,13 +438,14 @@ def assemble_stream(
     )
 
 
-def check_run(stream: Stream, model: Any, train: Any) -> None:
+def check_run(stream: Stream, model: Any, train: Any, strategy_cls: Any) -> None:
     """Refuse settings that would be silent no-ops (or wrong) on a text-to-text stream.
 
     Raises:
         ConfigError: ``train.logit_mask`` is set (it masks class logits; these logits are over
             the vocabulary and the stream has no classes), or ``stream.packing`` is on for a
-            model that cannot restrict attention to each packed example (seq2seq).
+            model that cannot restrict attention to each packed example (seq2seq) or a strategy
+            that does not declare ``packed_rows``.
     """
     if stream.modality != "text2text":
         return
@@ -457,6 +458,11 @@ def check_run(stream: Stream, model: Any, train: Any) -> None:
         raise ConfigError(
             "stream.packing=true needs a causal LM (model=hf_causal_lm): a seq2seq model cannot "
             "keep packed examples apart exactly; set stream.packing=false"
+        )
+    if stream.extra.get("packing") and not strategy_cls.packed_rows:
+        raise ConfigError(
+            f"strategy {strategy_cls.name!r} does not train on packed rows (several examples "
+            "per row); set stream.packing=false"
         )
 
 
