@@ -23,6 +23,7 @@ from torch import Tensor
 
 from cl import distributed
 from cl.metrics import evaluation_protocol
+from cl.optim import class_mask
 from cl.strategy import Strategy
 from cl.streams.base import Experience, Stream, TensorData
 
@@ -51,12 +52,6 @@ def _batches(data: object, bs: int, device: torch.device) -> list[tuple[Tensor, 
     return [(x.to(device), y.to(device), t.to(device)) for x, y, t in loader]
 
 
-def _class_mask(n_classes: int, classes: Sequence[int], device: torch.device) -> Tensor:
-    mask = torch.zeros(n_classes, dtype=torch.bool, device=device)
-    mask[torch.as_tensor(list(classes), dtype=torch.long, device=device)] = True
-    return mask
-
-
 def accuracy(
     strategy: Strategy[Any],
     exp: Experience,
@@ -79,9 +74,9 @@ def accuracy(
         device = strategy.device
         total = 0
         if task_aware:
-            mask = _class_mask(n_classes, exp.classes, device)
+            mask = class_mask(n_classes, exp.classes, device)
         elif allowed_classes is not None:
-            mask = _class_mask(n_classes, allowed_classes, device)
+            mask = class_mask(n_classes, allowed_classes, device)
         else:
             mask = None
         correct_t = torch.zeros((), dtype=torch.long, device=device)
