@@ -27,6 +27,15 @@ def test_forgetting_max_based():
     assert M.forgetting(R) == pytest.approx((0.3 + 0.4) / 2)
 
 
+def test_nll_forgetting_of_a_perplexity_matrix():
+    import math
+
+    p = [[2.0, 9.0, 9.0], [6.0, 3.0, 9.0], [4.0, 3.0 * math.e, 1.5]]
+    # j=0: log 4 - log 2; j=1: log(3e) - log 3 = 1 (perplexity rises: forgetting is positive)
+    assert M.nll_forgetting(p) == pytest.approx((math.log(2) + 1) / 2)
+    assert M.nll_forgetting([[5.0]]) == 0.0
+
+
 def test_bwt_and_fwt():
     assert M.bwt(R) == pytest.approx(((0.6 - 0.9) + (0.4 - 0.8)) / 2)
     # fwt: j=1: R[0][1]-b1 = 0.1-0.15; j=2: R[1][2]-b2 = 0.1-0.05
