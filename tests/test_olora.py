@@ -147,6 +147,28 @@ def test_merged_model_equals_all_adapters_active(olora_two_tasks):
     assert "lora" not in " ".join(n for n, _ in s.merged_model().named_parameters())
 
 
+def test_memorize_base_is_a_model_path_with_a_trained_logit_scale(tmp_path):
+    """The pretrained base loads through ``model.path``; its logits leave the bound a random
+    tiny Llama's tied embeddings put on them (``|h| max|e| = sqrt(width) max|e|``, with
+    ``|e| ~ 0.02 sqrt(width)``), and a folder holding another width is refused, not reused."""
+    from cl.lm_base import memorize_base
+
+    width = 32
+    base = memorize_base(tmp_path, hidden_size=width, num_layers=1, pairs=16, epochs=30)
+    overrides = [*QUIET, "strategy=naive", *LM_SETUP, "model.config=null", f"model.path={base}"]
+    built = build(compose(overrides))
+    random = build(compose([*QUIET, "strategy=naive", *LM_SETUP]))
+    x = built.stream[0].test.x
+    emb = random.model.hf.get_input_embeddings().weight
+    bound = float(width**0.5 * emb.norm(dim=1).max())
+    with torch.inference_mode():
+        top = float(built.model(x).amax())
+        top_random = float(random.model(x).amax())
+    assert top_random <= bound < 1.0 and top > 2 * bound, (top_random, bound, top)
+    with pytest.raises(ConfigError, match="width 32"):
+        memorize_base(tmp_path, hidden_size=64, num_layers=1)
+
+
 @pytest.mark.slow
 def test_olora_forgets_less_than_naive_lora_from_a_pretrained_base(tmp_path):
     """The paper's claim at equal rank and equal learning, on a tiny Llama pretrained on other
