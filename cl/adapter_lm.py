@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from cl.adapter_bank import AdapterBank, linear_names
 from cl.adapter_router import route_rows
-from cl.models.lm import LanguageModel, target_start
+from cl.models.lm import LanguageModel, split_prompt
+from cl.models.lm_prompting import mean_states
 
 
 def lm_targets(hf: nn.Module) -> list[str]:
@@ -33,7 +34,7 @@ def lm_targets(hf: nn.Module) -> list[str]:
     return sorted(n for n, m in hf.named_modules() if isinstance(m, nn.Linear) and m is not out)
 
 
-def default_targets(model: nn.Module) -> list[str]:
+def adapter_targets(model: nn.Module) -> list[str]:
     """Adapter targets: an LM's attention and MLP linears, else every ``nn.Linear`` of the
     model's backbone."""
     bb: Any = model.backbone
@@ -70,28 +71,11 @@ def adapted_hf(bank: AdapterBank, name: str) -> Any:
     return bank.peft.get_base_model()
 
 
-def split_prompt(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Prompt ids ``[B, Lp]`` (left-padded) and their mask of a packed text-to-text input."""
-    lp = target_start(x[:, 1])
-    return x[:, 0, :lp], x[:, 1, :lp] == 1
-
-
 @torch.no_grad()
 def prompt_features(model: LanguageModel, ids: Tensor, mask: Tensor) -> Tensor:
-    """Mean of the frozen LM's last hidden states over the prompt tokens (the router's input).
-
-    The decoder's for a causal LM, the encoder's for a seq2seq one.
-    """
-    m = mask.long()
-    if model.kind == "causal":
-        pos = (m.cumsum(-1) - 1).clamp(min=0)
-        body: Any = model.hf.base_model
-        h = body(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False)
-    else:
-        h = model.hf.get_encoder()(input_ids=ids, attention_mask=m)
-    hidden = h.last_hidden_state.float()
-    w = mask.unsqueeze(-1).float()
-    return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+    """The router's input: the frozen LM's mean last hidden state over the prompt tokens (the
+    decoder's for a causal LM, the encoder's for a seq2seq one; :func:`mean_states`)."""
+    return mean_states(model, ids, mask)
 
 
 class _Decoder:

@@ -123,12 +123,8 @@ def first_minus_last_forgetting(r: Matrix) -> float:
 def nll_forgetting(perplexity: Matrix) -> float:
     """Forgetting of a perplexity matrix in nats per token: mean_{j<T-1} (log P[T-1][j] -
     log P[j][j]), the rise of each earlier task's negative log-likelihood from when it was
-    learned to the end (lower is better; 0 for one row)."""
-    a = np.log(_arr(perplexity))
-    t = a.shape[0]
-    if t < 2:
-        return 0.0
-    return float(np.mean([a[t - 1, j] - a[j, j] for j in range(t - 1)]))
+    learned to the end (lower is better; 0 for one row): :func:`bwt` of ``log P``."""
+    return bwt(np.log(_arr(perplexity)))
 
 
 METRICS = ("avg_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt")

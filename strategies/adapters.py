@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from cl.access import AccessPolicy
 from cl.adapter_bank import AdapterBank, adapter_config
 from cl.adapter_config import AdaptersConfig
-from cl.adapter_lm import adapted, default_targets, embed, merged_wrapper, routed_generate
+from cl.adapter_lm import adapted, adapter_targets, embed, merged_wrapper, routed_generate
 from cl.adapter_router import PartitionRouter, fit_entry, predict_routed
 from cl.errors import ConfigError
 from cl.models.heads import MultiHead
@@ -80,7 +80,7 @@ class Adapters(Strategy[AdaptersConfig]):
         """Create adapter ``name`` (and its own head, if any), initialised from the partition's
         own seed (so a partition's adapter never depends on which other partitions exist)."""
         if self._targets is None:
-            self._targets = list(self.config.target_modules) or default_targets(self.model)
+            self._targets = list(self.config.target_modules) or adapter_targets(self.model)
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._partition_seed(meta["index"]))

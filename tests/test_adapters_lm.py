@@ -13,11 +13,12 @@ import pytest
 import torch
 from peft import PeftModel
 
-from cl.adapter_lm import adapted_hf, mixed_generate, split_prompt
+from cl.adapter_lm import adapted_hf, mixed_generate
 from cl.adapter_purge import main as purge_main
 from cl.config import build
 from cl.evaluate_lm import generate
 from cl.metrics import forgetting
+from cl.models.lm import split_prompt
 from cl.run import run_experiment
 from cl.testing import compose, lm_setup_overrides
 

@@ -46,6 +46,12 @@ def target_start(code: Tensor) -> int:
     return int(hits[0, 0])
 
 
+def split_prompt(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Prompt ids ``[B, Lp]`` (left-padded) and their mask of a packed text-to-text input."""
+    lp = target_start(x[:, 1])
+    return x[:, 0, :lp], x[:, 1, :lp] == 1
+
+
 class LanguageModel(CLModel):
     """A causal or seq2seq Hugging Face LM over packed text-to-text tensors.
 
@@ -90,7 +96,7 @@ class LanguageModel(CLModel):
         ids, code = x[:, 0], x[:, 1]
         lp = target_start(code)
         if self.kind == "causal":
-            inputs, mask = self._inputs(ids, (code > 0).long(), prompts, hf)
+            inputs, mask = self.inputs(ids, (code > 0).long(), prompts, hf)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             lt = ids.shape[1] - lp
             out = hf(
@@ -104,7 +110,7 @@ class LanguageModel(CLModel):
         start = int(hf.config.decoder_start_token_id or 0)
         target = ids[:, lp:].masked_fill(code[:, lp:] != 2, start)
         dec_in = torch.cat([torch.full_like(target[:, :1], start), target[:, :-1]], dim=1)
-        inputs, mask = self._inputs(ids[:, :lp], (code[:, :lp] == 1).long(), prompts, hf)
+        inputs, mask = self.inputs(ids[:, :lp], (code[:, :lp] == 1).long(), prompts, hf)
         out = hf(
             **inputs,
             attention_mask=mask,
@@ -139,7 +145,7 @@ class LanguageModel(CLModel):
         out = hf(input_ids=ids, attention_mask=mask, position_ids=idx - start, use_cache=False)
         return out.logits.transpose(1, 2)
 
-    def _inputs(
+    def inputs(
         self, ids: Tensor, mask: Tensor, prompts: Tensor | None, hf: Any = None
     ) -> tuple[dict[str, Tensor], Tensor]:
         """The model's inputs (ids, or embeddings with ``prompts`` in) and attention mask."""
@@ -179,7 +185,7 @@ class LanguageModel(CLModel):
             prompts: Soft prompt tokens in front of each prompt (as in :meth:`forward`).
         """
         hf = self.hf if hf is None else hf
-        inputs, mask = self._inputs(ids, mask.long(), prompts, hf)
+        inputs, mask = self.inputs(ids, mask.long(), prompts, hf)
         kw: dict[str, Any] = dict(
             **inputs,
             attention_mask=mask,

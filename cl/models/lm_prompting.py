@@ -54,27 +54,29 @@ def insert_prompts(h: Tensor, mask: Tensor, prompts: Tensor) -> tuple[Tensor, Te
     return src.gather(1, idx.unsqueeze(-1).expand(-1, -1, d)), m.gather(1, idx)
 
 
-def prompted_features(lm: LanguageModel, x: Tensor, prompts: Tensor | None) -> Tensor:
-    """Mean output over the real tokens of the prompt block of ``x`` with ``prompts`` in front:
-    the encoder's last layer (seq2seq) or the decoder's (causal), ``[B, D]``."""
-    from cl.models.lm import target_start
-
-    ids, code = x[:, 0], x[:, 1]
-    lp = target_start(code)
-    ids, mask = ids[:, :lp], (code[:, :lp] == 1).long()
-    h = lm.hf.get_input_embeddings()(ids)
-    if prompts is not None:
-        h, mask = insert_prompts(h, mask, prompts)
+def mean_states(
+    lm: LanguageModel, ids: Tensor, mask: Tensor, prompts: Tensor | None = None
+) -> Tensor:
+    """Mean last-layer output over the real tokens of left-padded ``ids`` (``mask`` true on
+    tokens), with ``prompts`` in front if given: the encoder's (seq2seq) or the decoder's
+    (causal), ``[B, D]`` in float32."""
+    inputs, m = lm.inputs(ids, mask.long(), prompts)
     if lm.kind == "seq2seq":
-        out = lm.hf.get_encoder()(inputs_embeds=h, attention_mask=mask).last_hidden_state
+        out = lm.hf.get_encoder()(**inputs, attention_mask=m).last_hidden_state
     else:
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        base = lm.hf.base_model
-        out = base(
-            inputs_embeds=h, attention_mask=mask, position_ids=pos, use_cache=False
-        ).last_hidden_state
-    m = mask.unsqueeze(-1).to(out.dtype)
-    return (out * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+        pos = (m.cumsum(-1) - 1).clamp(min=0)
+        body = lm.hf.base_model
+        out = body(**inputs, attention_mask=m, position_ids=pos, use_cache=False).last_hidden_state
+    w = m.unsqueeze(-1).float()
+    return (out.float() * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
+def prompted_features(lm: LanguageModel, x: Tensor, prompts: Tensor | None) -> Tensor:
+    """:func:`mean_states` of the prompt block of the packed input ``x`` with ``prompts`` in
+    front."""
+    from cl.models.lm import split_prompt
+
+    return mean_states(lm, *split_prompt(x), prompts)
 
 
 def vocab_prompt(lm: LanguageModel, n_tokens: int, generator: torch.Generator) -> Tensor:
